@@ -1,6 +1,26 @@
 """gptjax: GPT-1 and GPT-2 in JAX/Flax.
 
-The public face. Nothing heavy happens at import: submodules load on first use.
+The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.LanguageModel`, `gptjax.ModelConfig`.
+Nothing heavy happens at import: the submodules (and jax) load on first use.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "gptjax.language_model",
+    "LanguageModel": "gptjax.language_model",
+    "ModelConfig": "gptjax.model",
+    "load_tokenizer": "gptjax.tokenizer",
+}
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'gptjax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,135 @@
+"""`LanguageModel`: a model config, its parameters and its tokenizer, behind one object.
+
+`gptjax.load(path_or_name)` builds one from a Hugging Face folder or hub name (and, once trained, a gptjax workdir).
+Token ids are checked on the host before they reach a jitted function, where an out-of-range id would be clipped
+silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import hf
+from gptjax.model import GPT, ModelConfig
+
+TokenIds = Union[Sequence[int], Sequence[Sequence[int]], np.ndarray]
+
+
+class LanguageModel:
+  """A GPT with its parameters and (optionally) its tokenizer.
+
+  Attributes:
+    config: The `ModelConfig`.
+    params: Parameter tree (plain arrays, HF names).
+    tokenizer: A `gptjax.tokenizer.Tokenizer`, or None when the model came without one.
+  """
+
+  def __init__(self, config: ModelConfig, params: dict, tokenizer: Any = None):
+    self.config = dataclasses.replace(config, decode=False)
+    self.params = params
+    self.tokenizer = tokenizer
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+      raise ValueError(f"Tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only "
+                       f"vocab_size={config.vocab_size} rows")
+
+  def __repr__(self) -> str:
+    c = self.config
+    try:
+      arch = hf.model_type(c)
+    except ValueError:
+      arch = f"norm={c.norm}"
+    return (f"LanguageModel({arch}, "
+            f"layers={c.num_layers}, heads={c.num_heads}, width={c.emb_dim}, vocab={c.vocab_size}, "
+            f"context={c.block_size}, tokenizer={getattr(self.tokenizer, 'kind', None)})")
+
+  @functools.cached_property
+  def _forward(self):
+    model = GPT(self.config)
+    return jax.jit(lambda params, tokens, mask: model.apply({"params": params}, tokens, attention_mask_BL=mask))
+
+  def check_token_ids(self, ids: np.ndarray) -> None:
+    """Raises ValueError naming the first id outside [0, vocab_size)."""
+    bad = (ids < 0) | (ids >= self.config.vocab_size)
+    if bad.any():
+      value = int(ids[bad].flat[0])
+      raise ValueError(f"Token id {value} is outside the model's vocabulary [0, {self.config.vocab_size})")
+
+  def logits(self, token_ids: TokenIds, attention_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Next-token logits for every position.
+
+    Args:
+      token_ids: [T] or [B, T] ints (a list, nested list or array).
+      attention_mask: Optional [B, T] 1/0 marking real tokens (left padding for ragged batches).
+
+    Returns:
+      float32 array [B, T, V] (B = 1 for a single sequence).
+    """
+    ids = np.asarray(token_ids)
+    if ids.ndim == 1:
+      ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"token_ids must be a non-empty [T] or [B, T] array of ints, got shape {ids.shape} "
+                       f"dtype {ids.dtype}")
+    if ids.shape[1] > self.config.block_size:
+      raise ValueError(f"Sequence of {ids.shape[1]} tokens exceeds the model's context "
+                       f"block_size={self.config.block_size}")
+    self.check_token_ids(ids)
+    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask.shape != ids.shape:
+      raise ValueError(f"attention_mask shape {mask.shape} does not match token_ids shape {ids.shape}")
+    return np.asarray(self._forward(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+
+  def save(self, out_dir: os.PathLike, format: str = "hf") -> pathlib.Path:  # pylint: disable=redefined-builtin
+    """Saves the model (and tokenizer files) to `out_dir`.
+
+    `format="hf"` writes `config.json` + `model.safetensors` (+ the tokenizer's files) that
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads.
+    """
+    if format != "hf":
+      raise ValueError(f"Unknown save format {format!r}; supported: 'hf'")
+    out_dir = pathlib.Path(out_dir)
+    eos_id = getattr(self.tokenizer, "eos_id", None)
+    hf.save_hf(out_dir, self.config, jax.device_get(self.params), eos_id=eos_id)
+    if self.tokenizer is not None:
+      self.tokenizer.save(out_dir)
+    return out_dir
+
+
+def _load_tokenizer_if_present(directory: pathlib.Path):
+  names = ("tokenizer.json", "vocab.json")
+  if not any((directory / n).exists() for n in names):
+    return None
+  from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  return load_tokenizer(directory)
+
+
+def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
+  """Loads a model from a Hugging Face folder, or a hub name when online.
+
+  Args:
+    path_or_name: A folder saved by `GPT2LMHeadModel` / `OpenAIGPTLMHeadModel` / `LanguageModel.save`, or a hub
+      name such as `gpt2` or `openai-gpt`.
+
+  Returns:
+    A `LanguageModel` with the folder's tokenizer (None when it has no tokenizer files).
+  """
+  path = pathlib.Path(path_or_name).expanduser()
+  if path.is_dir():
+    if hf.is_hf_folder(path):
+      config, params = hf.load_hf(path)
+      return LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
+    raise FileNotFoundError(f"{path} is a folder but not a model: expected config.json with "
+                            "model.safetensors or pytorch_model.bin (a Hugging Face folder)")
+  if path.exists():
+    raise ValueError(f"{path} is a file; gptjax.load expects a model folder or a hub name")
+  if os.sep in str(path_or_name) and str(path_or_name).startswith((".", "/", "~")):
+    raise FileNotFoundError(f"No such model folder: {path}")
+  return load(hf.download(str(path_or_name)))

@@ -1,0 +1,366 @@
+"""GPT-1 and GPT-2 as one Flax Linen model.
+
+GPT-2 is `norm='pre'` with a final LayerNorm; GPT-1 is `norm='post'` without one. Everything else (attention,
+MLP, tied embeddings) is shared, and parameter names mirror Hugging Face's GPT-2 (`wte`, `wpe`, `h_{i}/attn/c_attn`,
+`ln_f`, ...) so that `gptjax/hf.py` is a name table.
+
+Axis legend used in names and docstrings:
+  B batch, L length (queries), S length (keys, cache slots), D model width (`emb_dim`), F MLP width (`mlp_dim`),
+  H heads, K head dimension, V vocabulary.
+
+Logical axis names on parameters (mapped to the mesh in `gptjax/sharding.py`):
+  'vocab', 'embed', 'mlp', 'heads', 'kv', 'qkv', 'norm', 'position'.
+
+Decoding (`ModelConfig.decode=True`) keeps keys, values and a validity mask per slot in a `'cache'` collection sized
+to a static maximum length. One call may feed many tokens (a whole prompt: prefill) or one; rows of a ragged batch are
+left-padded and marked by `attention_mask`, and each row's positions count only its real tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_NORMS = ("pre", "post")
+_ACTIVATIONS = {
+    # GPT-1 and GPT-2 both use the tanh approximation (HF's "gelu_new"; GPT-1's config says "gelu" for it).
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a GPT. Modes are derived with `dataclasses.replace` (e.g. `decode=True`).
+
+  Attributes:
+    vocab_size: Rows of the token embedding (V). GPT-2 50257, GPT-1 40478.
+    block_size: Context length: rows of the position embedding. GPT-2 1024, GPT-1 512.
+    num_layers: Transformer blocks.
+    num_heads: Attention heads (H); must divide `emb_dim`.
+    emb_dim: Model width (D).
+    mlp_dim: MLP hidden width (F), 4 * D in both papers.
+    dropout_rate: Dropout on embeddings and residual branches (HF `embd_pdrop` / `resid_pdrop`).
+    attention_dropout_rate: Dropout on attention probabilities (HF `attn_pdrop`).
+    layer_norm_epsilon: LayerNorm epsilon.
+    norm: 'pre' (GPT-2: LayerNorm before each sub-block) or 'post' (GPT-1: after each residual sum).
+    final_norm: Whether a LayerNorm `ln_f` follows the last block (GPT-2 yes, GPT-1 no).
+    tie_embeddings: Output projection is the transposed token embedding (both papers); else an `lm_head` matrix.
+    activation: MLP non-linearity: 'gelu_new' (tanh approximation, both papers), 'gelu', 'relu' or 'silu'.
+    scale_residual_init: GPT-2's init: residual projections drawn with std 0.02 / sqrt(2 * num_layers).
+    init_std: Standard deviation of the normal initialiser (0.02 in both papers).
+    dtype: Compute dtype for matmuls ('float32' or 'bfloat16'); softmax, LayerNorm and logits stay float32.
+    param_dtype: Storage dtype of parameters.
+    attention_impl: Passed to `jax.nn.dot_product_attention` (None lets JAX choose, 'xla', 'cudnn').
+    remat: Rematerialise each block in the backward pass (saves activation memory).
+    decode: Decoding mode: a `'cache'` collection holds past keys and values.
+  """
+
+  vocab_size: int = 50257
+  block_size: int = 1024
+  num_layers: int = 12
+  num_heads: int = 12
+  emb_dim: int = 768
+  mlp_dim: int = 3072
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-5
+  norm: str = "pre"
+  final_norm: bool = True
+  tie_embeddings: bool = True
+  activation: str = "gelu_new"
+  scale_residual_init: bool = True
+  init_std: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_impl: Optional[str] = None
+  remat: bool = False
+  decode: bool = False
+
+  def __post_init__(self):
+    positive = ("vocab_size", "block_size", "num_layers", "num_heads", "emb_dim", "mlp_dim")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+    if self.emb_dim % self.num_heads:
+      raise ValueError(
+          f"ModelConfig.emb_dim={self.emb_dim} must be divisible by num_heads={self.num_heads}")
+    if self.norm not in _NORMS:
+      raise ValueError(f"ModelConfig.norm must be one of {_NORMS}, got {self.norm!r}")
+    if self.activation not in _ACTIVATIONS:
+      raise ValueError(
+          f"ModelConfig.activation must be one of {tuple(_ACTIVATIONS)}, got {self.activation!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.emb_dim // self.num_heads
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    """Builds a config from a mapping (e.g. `config.model` of an ml_collections config), rejecting unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"Unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**dict(values))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def gpt2_config(size: str = "small", **overrides) -> ModelConfig:
+  """The four GPT-2 sizes of the paper (Table 2), as released: small 124M, medium 355M, large 774M, xl 1.5B."""
+  shapes = {"small": (12, 12, 768), "medium": (24, 16, 1024), "large": (36, 20, 1280), "xl": (48, 25, 1600)}
+  if size not in shapes:
+    raise ValueError(f"Unknown GPT-2 size {size!r}; expected one of {sorted(shapes)}")
+  layers, heads, width = shapes[size]
+  base = dict(num_layers=layers, num_heads=heads, emb_dim=width, mlp_dim=4 * width)
+  return ModelConfig(**{**base, **overrides})
+
+
+def gpt1_config(**overrides) -> ModelConfig:
+  """GPT-1 (Radford et al. 2018): 12 post-LN layers, 768 wide, 512 context, 40478-token BPE, no final LayerNorm."""
+  base = dict(vocab_size=40478, block_size=512, num_layers=12, num_heads=12, emb_dim=768, mlp_dim=3072,
+              norm="post", final_norm=False, scale_residual_init=False)
+  return ModelConfig(**{**base, **overrides})
+
+
+def _normal(std: float, names: tuple[Optional[str], ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+  """A LayerNorm that computes in float32 whatever the compute dtype (bf16 statistics lose precision).
+
+  Its output is float32: callers cast back to the compute dtype.
+  """
+  return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=jnp.float32,
+                      param_dtype=jnp.dtype(config.param_dtype), scale_init=_ones(("norm",)),
+                      bias_init=_zeros(("norm",)), name=name)
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention with an optional prefill-capable key/value cache."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, valid_BL, deterministic: bool):
+    """Attends each position to earlier valid positions.
+
+    Args:
+      x_BLD: Inputs in the compute dtype.
+      valid_BL: bool; False marks padding, which no query may attend to.
+      deterministic: Disables attention dropout.
+
+    Returns:
+      [B, L, D] attention output after the `c_proj` projection.
+    """
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    H, K = cfg.num_heads, cfg.head_dim
+    B, L, _ = x_BLD.shape
+
+    # HF's Conv1D c_attn is one (D, 3D) matrix laid out [q | k | v], heads contiguous within each; the same
+    # numbers reshaped to (D, 3, H, K) let the heads axis be sharded over the tensor mesh axis.
+    qkv_BL3HK = nn.DenseGeneral(
+        features=(3, H, K), axis=-1, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_normal(cfg.init_std, ("embed", "qkv", "heads", "kv")),
+        bias_init=_zeros(("qkv", "heads", "kv")), name="c_attn")(x_BLD)
+    q_BLHK, k_BLHK, v_BLHK = (qkv_BL3HK[:, :, i] for i in range(3))
+
+    if cfg.decode:
+      k_BSHK, v_BSHK, key_valid_BS, query_slot_L = self._update_cache(k_BLHK, v_BLHK, valid_BL)
+    else:
+      k_BSHK, v_BSHK, key_valid_BS, query_slot_L = k_BLHK, v_BLHK, valid_BL, jnp.arange(L)
+    S = k_BSHK.shape[1]
+    causal_LS = jnp.arange(S)[None, :] <= query_slot_L[:, None]
+    mask_B1LS = causal_LS[None, None] & key_valid_BS[:, None, None, :]
+
+    use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
+    if use_dropout or self.is_mutable_collection("intermediates"):
+      # Explicit path: attention dropout, or probabilities kept for probing (`mutable=['intermediates']`).
+      logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK,
+                               preferred_element_type=jnp.float32) / math.sqrt(K)
+      logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+      probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
+      self.sow("intermediates", "attention_weights", probs_BHLS)
+      probs_BHLS = nn.Dropout(cfg.attention_dropout_rate)(probs_BHLS, deterministic=not use_dropout)
+      out_BLHK = jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS.astype(dtype), v_BSHK)
+    else:
+      out_BLHK = jax.nn.dot_product_attention(
+          q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS, implementation=cfg.attention_impl)
+
+    # HF's c_proj is (D, D) with rows ordered (head, head_dim): reshaped to (H, K, D) here.
+    return nn.DenseGeneral(
+        features=cfg.emb_dim, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_normal(self._residual_std(), ("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)), name="c_proj")(out_BLHK)
+
+  def _residual_std(self) -> float:
+    cfg = self.config
+    return cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
+
+  def _update_cache(self, k_BLHK, v_BLHK, valid_BL):
+    """Writes L new keys/values at the cache index; returns the whole cache and the new queries' slots."""
+    B, L, H, K = k_BLHK.shape
+    initialised = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BLHK.shape, k_BLHK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BLHK.shape, v_BLHK.dtype)
+    cached_valid = self.variable("cache", "cached_valid", jnp.zeros, valid_BL.shape, jnp.bool_)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if not initialised:
+      # `init` sizes the cache from its input ([B, max_length]); nothing is written.
+      return k_BLHK, v_BLHK, valid_BL, jnp.arange(L)
+    start = index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLHK.astype(cached_key.value.dtype),
+                                                    (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value,
+                                                      v_BLHK.astype(cached_value.value.dtype), (0, start, 0, 0))
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BL, (0, start))
+    index.value = start + L
+    return cached_key.value, cached_value.value, cached_valid.value, start + jnp.arange(L)
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, deterministic: bool):
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    h_BLF = nn.Dense(cfg.mlp_dim, dtype=dtype, param_dtype=param_dtype,
+                     kernel_init=_normal(cfg.init_std, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                     name="c_fc")(x_BLD)
+    h_BLF = _ACTIVATIONS[cfg.activation](h_BLF)
+    std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
+    return nn.Dense(cfg.emb_dim, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=_normal(std, ("mlp", "embed")), bias_init=_zeros(("embed",)),
+                    name="c_proj")(h_BLF)
+
+
+class Block(nn.Module):
+  """One transformer block, pre-LN (GPT-2) or post-LN (GPT-1)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, valid_BL, deterministic: bool):
+    cfg = self.config
+    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    attn, mlp = CausalSelfAttention(cfg, name="attn"), MLP(cfg, name="mlp")
+    ln_1_mod, ln_2_mod = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
+    ln_1 = lambda y: ln_1_mod(y).astype(cfg.dtype)
+    ln_2 = lambda y: ln_2_mod(y).astype(cfg.dtype)
+    if cfg.norm == "pre":
+      x_BLD = x_BLD + drop(attn(ln_1(x_BLD), valid_BL, deterministic))
+      x_BLD = x_BLD + drop(mlp(ln_2(x_BLD), deterministic))
+    else:
+      x_BLD = ln_1(x_BLD + drop(attn(x_BLD, valid_BL, deterministic)))
+      x_BLD = ln_2(x_BLD + drop(mlp(x_BLD, deterministic)))
+    return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+
+class GPT(nn.Module):
+  """The language model: token ids in, float32 next-token logits out."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL, *, attention_mask_BL=None, positions_BL=None, deterministic: bool = True,
+               return_hidden: bool = False):
+    """Runs the model.
+
+    Args:
+      tokens_BL: int token ids.
+      attention_mask_BL: 1/True for real tokens, 0/False for padding (left padding for ragged batches). Default:
+        all real.
+      positions_BL: Explicit position ids. Default: each row counts its real tokens (`cumsum(mask) - 1`), continuing
+        from the tokens already in the cache when decoding.
+      deterministic: False enables dropout (needs a 'dropout' rng).
+      return_hidden: Also return the final hidden states [B, L, D] (after `ln_f` where present).
+
+    Returns:
+      logits [B, L, V] float32, or (logits, hidden) when `return_hidden`.
+    """
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    B, L = tokens_BL.shape
+    valid_BL = (jnp.ones((B, L), jnp.bool_) if attention_mask_BL is None
+                else jnp.asarray(attention_mask_BL).astype(jnp.bool_))
+    if positions_BL is None:
+      positions_BL = jnp.cumsum(valid_BL, axis=1, dtype=jnp.int32) - 1
+      if cfg.decode:
+        # Real tokens seen so far in each row: new positions continue from there.
+        initialised = self.has_variable("cache", "num_valid")
+        num_valid = self.variable("cache", "num_valid", jnp.zeros, (B,), jnp.int32)
+        positions_BL = positions_BL + num_valid.value[:, None]
+        if initialised:
+          num_valid.value = num_valid.value + valid_BL.sum(axis=1, dtype=jnp.int32)
+      positions_BL = jnp.maximum(positions_BL, 0)
+
+    wte = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, param_dtype=param_dtype,
+                   embedding_init=_normal(cfg.init_std, ("vocab", "embed")), name="wte")
+    wpe = nn.Embed(cfg.block_size, cfg.emb_dim, dtype=dtype, param_dtype=param_dtype,
+                   embedding_init=_normal(cfg.init_std, ("position", "embed")), name="wpe")
+    x_BLD = wte(tokens_BL) + wpe(positions_BL)
+    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+    x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+    block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+    for i in range(cfg.num_layers):
+      x_BLD = block(cfg, name=f"h_{i}")(x_BLD, valid_BL, deterministic)
+    if cfg.final_norm:
+      x_BLD = layer_norm(cfg, "ln_f")(x_BLD).astype(dtype)
+
+    if cfg.tie_embeddings:
+      logits_BLV = jnp.einsum("BLD,VD->BLV", x_BLD, wte.embedding.astype(dtype),
+                              preferred_element_type=jnp.float32)
+    else:
+      logits_BLV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                            kernel_init=_normal(cfg.init_std, ("embed", "vocab")), name="lm_head")(x_BLD)
+    logits_BLV = logits_BLV.astype(jnp.float32)
+    return (logits_BLV, x_BLD) if return_hidden else logits_BLV
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+  """Initialises parameters (boxed with logical axis names: unbox with `nn.meta.unbox`)."""
+  dummy = jnp.zeros((1, min(8, config.block_size)), jnp.int32)
+  return GPT(dataclasses.replace(config, decode=False)).init(rng, dummy)["params"]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> dict:
+  """An empty decoding cache for `batch_size` rows of up to `max_length` tokens (no parameters materialised)."""
+  if max_length > config.block_size:
+    raise ValueError(f"max_length={max_length} exceeds the model's context block_size={config.block_size}")
+  model = GPT(dataclasses.replace(config, decode=True))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((batch_size, max_length), jnp.int32)))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(nn.meta.unbox(params)))

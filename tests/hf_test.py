@@ -1,0 +1,152 @@
+"""Hugging Face import/export: logits parity with PyTorch on the same weights, round trips, bad checkpoints."""
+
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import gptjax
+from gptjax import hf
+from gptjax import model as M
+
+# (vocab, context, layers, heads, width): odd head counts, small vocabularies, short contexts.
+SHAPES = [(97, 16, 2, 3, 24), (50, 8, 1, 1, 8), (257, 32, 3, 5, 40)]
+
+
+def _hf_model(arch, vocab, context, layers, heads, width, seed=0):
+  torch.manual_seed(seed)
+  if arch == "gpt2":
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_layer=layers, n_head=heads,
+                                     n_embd=width)
+    model = transformers.GPT2LMHeadModel(config)
+  else:
+    config = transformers.OpenAIGPTConfig(vocab_size=vocab, n_positions=context, n_layer=layers, n_head=heads,
+                                          n_embd=width)
+    model = transformers.OpenAIGPTLMHeadModel(config)
+  # HF's init leaves LayerNorms at (1, 0) and biases at 0: randomise everything so every tensor is checked.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(torch.randn_like(p) * (0.3 if "ln" in name or "bias" in name else 0.1) + (1.0 if
+              name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0))
+  return model.eval()
+
+
+def _torch_logits(model, ids):
+  with torch.no_grad():
+    return model(torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "openai-gpt"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "v{}_c{}_l{}_h{}_d{}".format(*s))
+def test_logits_match_pytorch_on_the_same_weights(tmp_path, arch, shape):
+  reference = _hf_model(arch, *shape)
+  reference.save_pretrained(tmp_path)
+  lm = gptjax.load(tmp_path)
+  assert hf.model_type(lm.config) == arch
+  vocab, context = shape[0], shape[1]
+  ids = np.random.default_rng(0).integers(0, vocab, size=(2, context))
+  ours = lm.logits(ids)
+  assert ours.shape == (2, context, vocab) and ours.dtype == np.float32
+  np.testing.assert_allclose(ours, _torch_logits(reference, ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "openai-gpt"])
+def test_export_round_trip_loads_in_transformers_with_the_same_logits(tmp_path, arch):
+  reference = _hf_model(arch, 97, 16, 2, 3, 24, seed=1)
+  reference.save_pretrained(tmp_path / "in")
+  lm = gptjax.load(tmp_path / "in")
+  lm.save(tmp_path / "out")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert type(reloaded) is type(reference)
+  ids = np.arange(16)[None] % 97
+  np.testing.assert_allclose(_torch_logits(reloaded, ids), lm.logits(ids), atol=1e-4, rtol=0)
+  # And back again: gptjax reads what it wrote.
+  np.testing.assert_array_equal(gptjax.load(tmp_path / "out").logits(ids), lm.logits(ids))
+
+
+@pytest.mark.parametrize("config", [
+    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=40),
+    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64, norm="post",
+                  final_norm=False, scale_residual_init=False),
+], ids=["gpt2", "gpt1"])
+def test_our_initialised_model_exports_to_transformers(tmp_path, config):
+  params = nn.meta.unbox(M.init_params(config, jax.random.key(0)))
+  lm = gptjax.LanguageModel(config, params)
+  lm.save(tmp_path)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+  ids = np.arange(12)[None] * 5 % 61
+  np.testing.assert_allclose(_torch_logits(reloaded, ids), lm.logits(ids), atol=1e-5, rtol=0)
+
+
+def test_pytorch_bin_checkpoints_load(tmp_path):
+  reference = _hf_model("gpt2", 50, 8, 1, 1, 8, seed=2)
+  torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+  reference.config.to_json_file(tmp_path / "config.json")
+  ids = np.arange(8)[None]
+  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), _torch_logits(reference, ids), atol=1e-4)
+
+
+def test_sharded_safetensors_checkpoints_load(tmp_path):
+  reference = _hf_model("gpt2", 257, 32, 3, 5, 40, seed=3)
+  reference.save_pretrained(tmp_path, max_shard_size="40KB")
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  ids = np.arange(20)[None]
+  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), _torch_logits(reference, ids), atol=1e-4)
+
+
+def _saved(tmp_path, arch="gpt2"):
+  _hf_model(arch, 50, 8, 1, 1, 8).save_pretrained(tmp_path)
+  return tmp_path
+
+
+def test_shape_mismatch_names_the_parameter_and_both_shapes(tmp_path):
+  folder = _saved(tmp_path)
+  config = json.loads((folder / "config.json").read_text())
+  config["n_positions"] = 16
+  (folder / "config.json").write_text(json.dumps(config))
+  with pytest.raises(hf.CheckpointMismatchError, match=r"'wpe.weight': expected shape \(16, 8\) .* found \(8, 8\)"):
+    gptjax.load(folder)
+
+
+def test_missing_parameter_is_named(tmp_path):
+  folder = _saved(tmp_path)
+  config = json.loads((folder / "config.json").read_text())
+  config["n_layer"] = 2
+  (folder / "config.json").write_text(json.dumps(config))
+  with pytest.raises(hf.CheckpointMismatchError, match=r"'h.1.ln_1.weight' .* is missing"):
+    gptjax.load(folder)
+
+
+def test_unknown_architecture_is_rejected(tmp_path):
+  folder = _saved(tmp_path)
+  config = json.loads((folder / "config.json").read_text())
+  config["model_type"] = "llama"
+  (folder / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="Unsupported Hugging Face model_type 'llama'"):
+    gptjax.load(folder)
+
+
+def test_folder_without_weights_and_missing_paths(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match="not a model"):
+    gptjax.load(tmp_path)
+  with pytest.raises(FileNotFoundError, match="No such model folder"):
+    gptjax.load(str(tmp_path / "nope"))
+
+
+def test_hub_name_offline_gives_a_clear_error(monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(FileNotFoundError, match="not a local folder, and fetching it from the Hugging Face hub"):
+    gptjax.load("no-such-user/no-such-gpt")
+
+
+def test_out_of_range_and_overlong_inputs_are_rejected(tmp_path):
+  lm = gptjax.load(_saved(tmp_path))
+  with pytest.raises(ValueError, match=r"Token id 50 is outside the model's vocabulary \[0, 50\)"):
+    lm.logits([1, 2, 50])
+  with pytest.raises(ValueError, match="9 tokens exceeds the model's context block_size=8"):
+    lm.logits(list(range(9)))
