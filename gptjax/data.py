@@ -193,7 +193,9 @@ def prepare(
               for name, docs in splits.items()}
     meta = {"source": source, "tokenizer": tokenizer_spec, "vocab_size": tokenizer.vocab_size,
             "dtype": dtype.name, "num_tokens": counts, "identity": corpus.identity}
-    _atomic_write(entry / "meta.json", json.dumps(meta, indent=2).encode())
+    tmp = entry / f"meta.json.tmp-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, entry / "meta.json")  # Last, and atomic: from here on the entry is trusted.
     logging.info("Tokenised %s into %s: %s tokens.", source, entry, counts)
   else:
     logging.info("Reusing token cache %s.", entry)
@@ -227,7 +229,7 @@ def load_corpus(source: str, *, val_fraction: float = 0.1, tfds_data_dir: str | 
     digest.update(len(data).to_bytes(8, "little") + data)
   train, val = _hold_out_characters(docs, val_fraction, source)
   identity = f"{source}|sha256={digest.hexdigest()}|holdout_chars={val_fraction!r}"
-  return Corpus(_in_memory(train), _in_memory(val), identity)
+  return Corpus(Documents(lambda: iter(train), len(train)), Documents(lambda: iter(val), len(val)), identity)
 
 
 def build_tokenizer(spec: str, corpus: Corpus, tokenizer_dir: str | os.PathLike | None = None
@@ -278,10 +280,7 @@ def check_vocab_size(tokenizer: tokenizer_lib.Tokenizer, model_vocab_size: int) 
 
 
 def _read_utf8(path: str) -> str:
-  try:
-    data = pathlib.Path(path).read_bytes()
-  except OSError as e:
-    raise OSError(f"Cannot read {path}: {e}") from e
+  data = pathlib.Path(path).read_bytes()  # An unreadable file raises an OSError that already names it.
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -325,10 +324,6 @@ def _hold_out_characters(docs: list[str], val_fraction: float, source: str) -> t
       return [d for d in train if d], [d for d in val if d]
     cut -= len(doc)
   raise AssertionError("unreachable: cut < total")
-
-
-def _in_memory(docs: list[str]) -> Documents:
-  return Documents(lambda: iter(docs), len(docs))
 
 
 def _tfds_corpus(spec: str, val_fraction: float, data_dir: str | None, download: bool) -> Corpus:
@@ -456,9 +451,7 @@ def _tokenize_to_file(docs: Documents, tokenizer, path: pathlib.Path, dtype: np.
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
-  if not count:
-    raise ValueError(f"The {name} split tokenised to 0 tokens.")
-  return count
+  return count  # May be 0 (e.g. whitespace-only text for GPT-1): TokenDataset.batch then says so, with numbers.
 
 
 def _chunks(docs: Iterable[str], max_docs: int = 1024, max_chars: int = 4_000_000) -> Iterator[list[str]]:
@@ -472,9 +465,3 @@ def _chunks(docs: Iterable[str], max_docs: int = 1024, max_chars: int = 4_000_00
       chunk, chars = [], 0
   if chunk:
     yield chunk
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
