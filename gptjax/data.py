@@ -5,7 +5,8 @@ A source string picks the text:
 - `builtin:python` (the default): the running interpreter's standard-library `*.py` sources, minus tests and
   site-packages, sorted, capped at `builtin_max_bytes`. Works offline on any machine and ships no third-party
   text. (CPython 3.11 has ~12.6 MB of such source; it differs between Python versions, and so do the tokens.)
-- `text:<glob>`: local UTF-8 files, one document per file, in sorted path order (`**` recurses).
+- `text:<glob>`: local UTF-8 files, one document per file, in sorted path order (`**` recurses). They are read
+  into memory (fine up to a few GB); larger corpora belong in TFDS, which is streamed.
 - `tfds:<name>[/<config>][:<version>][:<feature>]`: a TFDS dataset read with random access from array_record
   files (no TensorFlow). The text feature is found by itself when there is exactly one `tfds.features.Text`.
 
