@@ -112,16 +112,24 @@ def _load_tokenizer_if_present(directory: pathlib.Path):
 
 
 def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
-  """Loads a model from a Hugging Face folder, or a hub name when online.
+  """Loads a model from a gptjax run folder, a Hugging Face folder, or a hub name when online.
 
   Args:
-    path_or_name: A folder saved by `GPT2LMHeadModel` / `OpenAIGPTLMHeadModel` / `LanguageModel.save`, or a hub
-      name such as `gpt2` or `openai-gpt`.
+    path_or_name: A `--workdir` of `python -m gptjax.train` (its latest checkpoint; see
+      `gptjax.checkpoint.load_workdir` for the best one), a folder saved by `GPT2LMHeadModel` /
+      `OpenAIGPTLMHeadModel` / `LanguageModel.save`, or a hub name such as `gpt2` or `openai-gpt`.
 
   Returns:
     A `LanguageModel` with the folder's tokenizer (None when it has no tokenizer files).
   """
   path = pathlib.Path(path_or_name).expanduser()
+  # --- gptjax run folders (branch `train`): the latest checkpoint's parameters and <workdir>/tokenizer. ---
+  if (path / "checkpoints").is_dir():
+    from gptjax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only when needed)
+    if checkpoint.is_workdir(path):
+      config, params, _ = checkpoint.load_workdir(path)
+      return LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
+  # --- end of gptjax run folders. ---
   if path.is_dir():
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)
