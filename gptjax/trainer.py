@@ -336,6 +336,10 @@ def _plan(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig
   if eval_batch % ways or eval_batch % processes:
     raise ValueError(f"config.eval.batch_size={eval_batch} must be divisible by mesh.data * mesh.fsdp = {ways} and "
                      f"by the {processes} processes")
+  decay = config.opt.decay_steps or t.steps
+  if not 0 <= config.opt.warmup_steps < decay:
+    raise ValueError(f"config.opt.warmup_steps={config.opt.warmup_steps} must be smaller than the decay length "
+                     f"{decay} (config.opt.decay_steps, or config.train.steps when that is 0)")
   every = config.checkpoint.every_steps or t.eval_every
   return _Plan(steps=t.steps, batch_size=t.batch_size, seq_len=seq_len, num_microbatches=t.grad_accum_steps,
                eval_batch_size=eval_batch, eval_batches=config.eval.num_batches or None, log_every=t.log_every,
