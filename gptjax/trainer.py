@@ -442,7 +442,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   tx, schedule = optim.make_optimizer(
       lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.decay_steps or plan.steps, min_lr_ratio=o.min_lr_ratio,
       weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip_norm=o.grad_clip_norm)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  # Made by a jitted function so that the keys are global arrays: with several processes a host-made key cannot be
+  # placed on devices this process does not own.
+  replicated = sharding.replicated(mesh)
+  init_rng, dropout_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+                                  out_shardings=(replicated, replicated))()
   model = model_lib.GPT(model_config)
 
   c = config.checkpoint
@@ -487,7 +491,6 @@ def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rn
     return {"step": start}
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start, tensorboard=config.train.tensorboard)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  dropout_rng = jax.device_put(dropout_rng, replicated)
   train_step = jax.jit(make_train_step(model, tx, mesh, plan.num_microbatches),
                        in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
                        donate_argnums=(0,))
