@@ -432,7 +432,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.mesh_from_config(config.mesh)
-  model_config, init_params, init_description = initial_model(config)
+  c = config.checkpoint
+  ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
+                                     keep_best=c.keep_best, async_save=c.async_save)
+  try:
+    return _setup_and_run(config, workdir, mesh, ckpt)
+  finally:
+    ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+
+
+def _setup_and_run(config, workdir: pathlib.Path, mesh, ckpt: checkpoint_lib.Checkpointer):
+  if ckpt.latest_step() is not None:
+    # Resuming: the architecture is the one this run trained (e.g. the init_from model's), read from the workdir.
+    saved = checkpoint_lib.read_run_config(workdir)["model"]
+    requested = config.model.to_dict()
+    model_config = model_lib.ModelConfig.from_dict(
+        {**saved, **{k: requested[k] for k in RUNTIME_MODEL_FIELDS}})
+    init_params, init_description = None, "the checkpoint"
+  else:
+    model_config, init_params, init_description = initial_model(config)
   plan = _plan(config, model_config, mesh)
   tokenizer, train_ds, val_ds = _prepare_data(config, workdir)
   data_lib.check_vocab_size(tokenizer, model_config.vocab_size)
@@ -448,15 +466,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   init_rng, dropout_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
                                   out_shardings=(replicated, replicated))()
   model = model_lib.GPT(model_config)
-
-  c = config.checkpoint
-  ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
-                                     keep_best=c.keep_best, async_save=c.async_save)
-  try:
-    return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
-                init_params, init_description, tokenizer, train_ds, val_ds)
-  finally:
-    ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+  return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
+              init_params, init_description, tokenizer, train_ds, val_ds)
 
 
 def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
@@ -467,8 +478,8 @@ def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rn
     shardings, shapes = state_shardings(model_config, tx, mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     params, opt_state, meta = ckpt.restore(start, target.params, target.opt_state)
-    state = TrainState(step=jax.device_put(jnp.asarray(start, jnp.int32), shardings.step), params=params,
-                       opt_state=opt_state)
+    step_array = jax.make_array_from_callback((), shardings.step, lambda _: np.asarray(start, np.int32))
+    state = TrainState(step=step_array, params=params, opt_state=opt_state)
     current = _meta(config, plan, tokenizer, model_config, None)["data"]
     if meta.get("data") != current:
       logging.warning("Resuming from step %d with different data settings (%s, now %s): the batches from here on "
