@@ -86,8 +86,9 @@ class Tokenizer:
             raise TypeError(f"encode expects a str, got {type(text).__name__}.")
         try:
             return self.backend.encode(text, add_special_tokens=False).ids
-        except Exception as e:
-            raise self._char_error([text]) or e
+        except Exception:
+            self._raise_unknown_char([text])
+            raise
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` of every text, in parallel in Rust: the fast path for preparing data sets."""
@@ -95,21 +96,21 @@ class Tokenizer:
             raise TypeError("encode_batch expects a list of str (use encode for a single str).")
         try:
             return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
-        except Exception as e:
-            raise self._char_error(texts) or e
+        except Exception:
+            self._raise_unknown_char(texts)
+            raise
 
-    def _char_error(self, texts: Iterable[str]) -> ValueError | None:
+    def _raise_unknown_char(self, texts: Iterable[str]) -> None:
         # Only the character tokenizer fails on unknown input (the BPE kinds fall back to bytes or <unk>), and
-        # `tokenizers` does not say which character it was: find it here, off the fast path.
+        # `tokenizers` only says "Missing [UNK] token": find the character here, off the fast path.
         if self.kind != "char":
-            return None
+            return
         for text in texts:
             for char in text:
                 if self.backend.token_to_id(char) is None:
-                    return ValueError(
+                    raise ValueError(
                         f"Character {char!r} (U+{ord(char):04X}) is not in this character tokenizer's vocabulary "
-                        f"of {self.vocab_size}; build it with char_tokenizer() over text that contains it.")
-        return None
+                        f"of {self.vocab_size}; build it with char_tokenizer() over text that contains it.") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a 1-D sequence of ids (list, numpy or jax array). Special tokens are kept, so that
@@ -173,7 +174,7 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE))
         if self.kind != "char":
-            # The original OpenAI files; `trained bpe` gets them too, since GPT2Tokenizer reads them the same way.
+            # The original OpenAI file pair; trained 'bpe' gets it too, since GPT2Tokenizer reads it the same way.
             self.backend.model.save(str(directory))
         _write_json(directory / CONFIG_FILE, self._hf_config())
         _write_json(directory / MARKER_FILE, {"kind": self.kind, "vocab_size": self.vocab_size})
@@ -188,10 +189,10 @@ class Tokenizer:
         else:
             config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False}
         if self.kind != "gpt1" and self.eos_id is not None:
-            config.update(bos_token=EOS, eos_token=EOS, unk_token=EOS if self.kind != "char" else None)
+            config.update(bos_token=EOS, eos_token=EOS)
         if extra:
-            # transformers 4 reads the first key, transformers 5 the second.
-            config.update(additional_special_tokens=extra, extra_special_tokens=extra)
+            # transformers 4's key; transformers 5 reads it as its `extra_special_tokens`.
+            config["additional_special_tokens"] = extra
         return config
 
 
@@ -274,7 +275,7 @@ def _load_dir(directory: pathlib.Path) -> Tokenizer:
         raise ValueError(f"Could not read {merges_path}: {e}") from e
     gpt1 = any(token.endswith("</w>") for token in vocab)
     backend = _gpt1_backend(vocab, merges) if gpt1 else _gpt2_backend(vocab, merges)
-    kind = _read_json(marker)["kind"] if marker else "gpt1" if gpt1 else _byte_level_kind(backend)
+    kind = _read_marker(marker).get("kind") if marker else "gpt1" if gpt1 else _byte_level_kind(backend)
     return Tokenizer(backend, kind)
 
 
@@ -307,7 +308,7 @@ def _from_tokenizer_json(path: pathlib.Path, marker: pathlib.Path | None) -> Tok
     except Exception as e:
         raise ValueError(f"Could not read {path}: {e}") from e
     if marker:
-        info = _read_json(marker)
+        info = _read_marker(marker)
         tokenizer = Tokenizer(backend, info.get("kind"))
         if info.get("vocab_size", tokenizer.vocab_size) != tokenizer.vocab_size:
             raise ValueError(f"{marker} says vocab_size={info['vocab_size']} but {path} has "
@@ -345,6 +346,13 @@ def _read_json(path: pathlib.Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
         raise ValueError(f"Could not read {path}: {e}") from e
+
+
+def _read_marker(path: pathlib.Path) -> dict:
+    info = _read_json(path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} must be a JSON object with a 'kind', got a JSON {type(info).__name__}.")
+    return info
 
 
 def _write_json(path: pathlib.Path, value) -> None:
