@@ -136,8 +136,13 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
   if task not in TASKS:
     raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}")
   kind, _, arg = source.partition(":")
-  is_jsonl = kind == "jsonl" or source.endswith(".jsonl")
-  if source == "builtin:python" or (split in TRAINING_SPLITS and not is_jsonl):
+  is_jsonl = kind == "jsonl" or (kind not in ("text", "tfds", "builtin") and source.endswith(".jsonl"))
+  if split is not None and split not in TRAINING_SPLITS and kind != "tfds":
+    raise ValueError(f"split {split!r} names a TFDS split, but {source!r} is not a TFDS source (its splits: "
+                     f"{TRAINING_SPLITS} for text: and builtin: sources, none for JSONL)")
+  if is_jsonl and split is not None:
+    raise ValueError(f"JSONL {source!r} has no splits; got split {split!r}")
+  if source == "builtin:python" or split in TRAINING_SPLITS:
     if task != "perplexity":
       raise ValueError(f"{task} cannot read {source!r} with split {split!r}: the trainer's train/val documents "
                        f"are for perplexity")

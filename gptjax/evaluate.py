@@ -15,8 +15,8 @@ given the rest of the window as context; the window that reaches the end is the 
 the text into independent chunks, and stride 1 gives every token the longest context the model allows. It is the
 scheme of Hugging Face's perplexity guide, counted in (input -> target) pairs so that a window of `context` inputs
 scores up to `context` targets. Defaults: context = the model's block_size (1024 for GPT-2, as in its paper);
-stride = context // 2. The GPT-2 paper does not state its stride; half a context guarantees every token after the
-first window at least 512 tokens of context, at twice the cost of independent chunks.
+stride = context // 2. The GPT-2 paper does not state its stride; half a context gives every token after the first
+window at least context - stride tokens of context (512 for GPT-2), at twice the cost of independent chunks.
 
 Metrics, from the summed natural-log probability `logprob` of N scored tokens of texts with B UTF-8 bytes and W
 whitespace-separated words:
@@ -86,8 +86,10 @@ def _scorer(config: ModelConfig) -> Callable:
   def score(params, inputs_BL, targets_BL, valid_BL, scored_BL):
     logits_BLV = model.apply({"params": params}, inputs_BL, attention_mask_BL=valid_BL).astype(jnp.float32)
     target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-    logprob_BL = target_logit_BL - jax.nn.logsumexp(logits_BLV, axis=-1)
-    greedy_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
+    max_logit_BL = logits_BLV.max(axis=-1)
+    logprob_BL = target_logit_BL - max_logit_BL - jnp.log(jnp.exp(logits_BLV - max_logit_BL[..., None]).sum(-1))
+    # Greedy decoding would pick the target: its logit is the largest (an argmax over V is ~2x slower on CPU).
+    greedy_BL = target_logit_BL >= max_logit_BL
     # `where`, not a product: a padding row's logits may be NaN, and 0 * NaN is NaN.
     return (jnp.where(scored_BL, logprob_BL, 0.0).sum(-1), jnp.all(greedy_BL | ~scored_BL, axis=-1))
 
@@ -496,7 +498,8 @@ def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("model", None, "HF folder (save_pretrained / LanguageModel.save) or hub name.", required=True)
   flags.DEFINE_enum("task", None, list(TASKS), "What to measure.", required=True)
-  flags.DEFINE_string("data", None, "text:<glob> | jsonl:<path> | <path>.jsonl | tfds:<name>[:<field>].",
+  flags.DEFINE_string("data", None, "text:<glob> | jsonl:<path> | <path>.jsonl | tfds:<name>[:<field>] | "
+                      "builtin:python (see gptjax/eval_data.py).",
                       required=True)
   flags.DEFINE_string("split", None, "'train'/'val': the trainer's split of the source (builtin:python: 'val'); "
                       "another name: a TFDS split (default 'test'); unset for text:: every file.")

@@ -124,14 +124,17 @@ def test_stride_equal_to_context_is_independent_chunks(lm, hf_model):
   np.testing.assert_allclose(lm.score(TEXT, context=context, stride=context).logprob, expected, rtol=1e-5)
 
 
-def test_padding_and_batch_size_do_not_change_scores_and_shapes_are_bucketed(lm):
-  texts = [TEXT[:n] for n in range(5, 400, 40)] + [""]
-  one_by_one = lm.score(texts, batch_size=1)
-  batched = lm.score(texts, batch_size=8)
-  np.testing.assert_allclose([s.logprob for s in batched], [s.logprob for s in one_by_one], rtol=1e-5)
-  assert batched[-1] == evaluate.TextScore(0.0, 0, 0)
-  assert isinstance(lm.score(TEXT[:20]), evaluate.TextScore)
-  # 11 texts of 11 lengths (and the other tests' calls): lengths bucket to {16, 32, 64}, rows to {1, 2, 4, 8}.
+def test_batched_padded_scores_equal_pytorch_text_by_text_and_shapes_are_bucketed(lm, hf_model):
+  texts = [TEXT[:n] for n in (5, 30, 60, 90, 120, 200)] + [""]  # 2 to ~45 tokens: three length buckets, one batch.
+  scores = lm.score(texts)
+  for text, score in zip(texts[:-1], scores):
+    stream = [EOS] + lm.tokenizer.encode(text)
+    assert (score.num_tokens, score.num_bytes) == (len(stream) - 1, len(text.encode()))
+    np.testing.assert_allclose(score.logprob, _hf_logprobs(hf_model, stream).sum(), rtol=1e-5)
+  assert scores[-1] == evaluate.TextScore(0.0, 0, 0)
+  single = lm.score(texts[-2])
+  assert isinstance(single, evaluate.TextScore) and single.logprob == pytest.approx(scores[-2].logprob, rel=1e-6)
+  # Whatever the tests ran so far: lengths bucket to {16, 32, 64}, rows to {1, 2, 4, 8}.
   assert evaluate._scorer(lm.config)._cache_size() <= 3 * 4
 
 
@@ -318,6 +321,10 @@ def test_bad_settings_get_clear_errors(lm, tmp_path):
     evaluate.run_task(lm, "lambada", ["a b"], stride=3)
   with pytest.raises(ValueError, match="Unknown task 'hellaswag'"):
     evaluate.run_task(lm, "hellaswag", ["a b"])
+  with pytest.raises(ValueError, match="split 'test' names a TFDS split, but 'text:x' is not a TFDS source"):
+    evaluate.run_task(lm, "perplexity", "text:x", split="test")
+  with pytest.raises(ValueError, match="has no splits; got split 'val'"):
+    evaluate.run_task(lm, "lambada", "passages.jsonl", split="val")
   with pytest.raises(ValueError, match="This model has no tokenizer"):
     evaluate.run_task(LanguageModel(lm.config, lm.params), "perplexity", ["a b"])
 
