@@ -150,3 +150,31 @@ def test_out_of_range_and_overlong_inputs_are_rejected(tmp_path):
     lm.logits([1, 2, 50])
   with pytest.raises(ValueError, match="9 tokens exceeds the model's context block_size=8"):
     lm.logits(list(range(9)))
+
+
+def test_model_folder_with_the_real_gpt2_tokenizer_round_trips(tmp_path):
+  import assets  # pylint: disable=g-import-not-at-top
+
+  tokenizer = gptjax.load_tokenizer(assets.gpt2_vocab_dir())
+  reference = _hf_model("gpt2", 50257, 16, 1, 2, 8, seed=4)
+  reference.save_pretrained(tmp_path / "in")
+  tokenizer.save(tmp_path / "in")
+  lm = gptjax.load(tmp_path / "in")
+  assert lm.tokenizer is not None and lm.tokenizer.eos_id == 50256
+  ids = lm.tokenizer.encode("Hello world")
+  assert ids == [15496, 995]
+  lm.save(tmp_path / "out")
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  assert hf_tokenizer("Hello world")["input_ids"] == ids
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert reloaded.config.eos_token_id == 50256
+  np.testing.assert_allclose(_torch_logits(reloaded, [ids]), lm.logits(ids), atol=1e-4, rtol=0)
+
+
+def test_tokenizer_larger_than_the_embedding_is_rejected(tmp_path):
+  import assets  # pylint: disable=g-import-not-at-top
+
+  _hf_model("gpt2", 50, 8, 1, 1, 8).save_pretrained(tmp_path)
+  gptjax.load_tokenizer(assets.gpt2_vocab_dir()).save(tmp_path)
+  with pytest.raises(ValueError, match="Tokenizer has 50257 tokens but .* vocab_size=50 rows"):
+    gptjax.load(tmp_path)
