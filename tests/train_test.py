@@ -1,11 +1,13 @@
 """`python -m gptjax.train` as a user runs it: flags, config overrides, console output, resuming."""
 
+import importlib
 import os
 import pathlib
 import subprocess
 import sys
 
 import jax
+import pytest
 
 import train_helpers
 
@@ -40,3 +42,28 @@ def test_the_command_line_trains_resumes_and_rejects_a_misspelt_key(tmp_path):
   assert "Resumed from step 2" in second.stderr and "step 3/3 | loss " in second.stderr
   assert [m["step"] for m in train_helpers.read_metrics(workdir)] == [1, 2, 3]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
+
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py") if p.stem != "__init__")
+
+
+def test_the_documented_config_keys_exist():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  for key in ("data.source", "data.tokenizer", "train.steps", "train.batch_size", "train.eval_every",
+              "train.log_every", "opt.lr", "opt.warmup_steps", "mesh.data", "mesh.fsdp", "mesh.tensor", "init_from",
+              "seed"):
+    node = config
+    for part in key.split("."):
+      node = node[part]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_a_consistent_run(name):
+  from gptjax import model as model_lib, sharding, trainer  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  model_config = model_lib.ModelConfig.from_dict(config.model.to_dict())
+  one_device = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  trainer._plan(config, model_config, one_device)  # pylint: disable=protected-access  (raises on inconsistency)
+  if config.data.tokenizer.startswith("bpe:"):
+    assert int(config.data.tokenizer[4:]) <= model_config.vocab_size
