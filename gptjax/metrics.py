@@ -82,9 +82,9 @@ class MetricWriter:
 
 
 def format_line(step: int, total: int, m: dict[str, Any]) -> str:
+  """The console line of one log interval, e.g. `step 100/300 | loss 5.2693 | lr 2.752e-03 | 1,564 tok/s | ...`."""
   parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}",
-           f"{m['tokens_per_sec']:,.0f} tok/s",
-           f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a (no known peak for this device)",
+           f"{m['tokens_per_sec']:,.0f} tok/s", f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a",
            f"{1000 * m['step_time_s']:.1f} ms/step"]
   if "val_loss" in m:
     parts += [f"val_loss {m['val_loss']:.4f}", f"val_ppl {m['val_ppl']:.2f}"]

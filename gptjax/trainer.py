@@ -401,6 +401,9 @@ class _Run:
     writer.info("Compiled train_step in %.1f s.", time.perf_counter() - started)
 
     peak = config.train.peak_flops_per_device or metrics_lib.peak_flops_per_device()
+    if not peak:
+      writer.info("MFU is not reported: no known peak FLOP/s for device kind %r (a CPU has no meaningful one); "
+                  "set config.train.peak_flops_per_device to report it.", jax.devices()[0].device_kind)
     flops_token = metrics_lib.flops_per_token(self.model_config, plan.seq_len)
     early_stop = _EarlyStopping(config.eval.early_stop_patience, config.eval.early_stop_min_delta)
     losses: list[float] = []
