@@ -81,6 +81,10 @@ class MetricWriter:
       self._tb.close()
 
 
+# Log lines name the trainer line that called `MetricWriter.info`, not the wrapper.
+logging.ABSLLogger.register_frame_to_skip(__file__, "info")
+
+
 def format_line(step: int, total: int, m: dict[str, Any]) -> str:
   """The console line of one log interval, e.g. `step 100/300 | loss 5.2693 | lr 2.752e-03 | 1,564 tok/s | ...`."""
   parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}",
