@@ -85,8 +85,9 @@ class Checkpointer:
         # best_fn makes orbax write each step's metrics to disk (so the best survives a restart); which steps are
         # kept is the preservation policy's call alone.
         best_fn=lambda metrics: metrics["val_loss"], best_mode="min",
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
-        read_only=read_only)
+        # read_only is ours to enforce (`save` refuses): orbax's own flag only adds warnings on every load.
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only)
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def all_steps(self) -> list[int]:
@@ -105,6 +106,8 @@ class Checkpointer:
 
   def save(self, step: int, params: Any, opt_state: Any, meta: dict, val_loss: Optional[float] = None) -> None:
     """Starts saving `step` (asynchronously unless disabled); raises an earlier async save's error, if any."""
+    if self.read_only:
+      raise ValueError(f"This Checkpointer of {self.directory} was opened read-only")
     metrics = None if val_loss is None else {"val_loss": float(val_loss)}
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
