@@ -100,7 +100,35 @@ class LanguageModel:
     hf.save_hf(out_dir, self.config, jax.device_get(self.params), eos_id=eos_id)
     if self.tokenizer is not None:
       self.tokenizer.save(out_dir)
+    if self.head is not None:  # A fine-tuned task head (gptjax.finetune), saved beside the weights.
+      self.head.save(out_dir)
     return out_dir
+
+  # ---- Fine-tuned task heads (gptjax/finetune.py) ----------------------------------------------------------------
+  head = None  # A `finetune.TaskHead` once fine-tuned; `load` restores it from `finetune.json` + `head.safetensors`.
+
+  def classify(self, inputs, *, probabilities: bool = False):
+    """Labels (or regression scores) from a fine-tuned classification / entailment / similarity head.
+
+    Args:
+      inputs: One input or a list: a str (classification), a (str, str) pair (entailment, similarity), or a dict
+        of the task's named fields.
+      probabilities: Return {label: probability} per input instead of the label.
+    """
+    from gptjax import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.classify(self, inputs, probabilities=probabilities)
+
+  def choose(self, context, choices, *, probabilities: bool = False):
+    """Index of the best answer from a fine-tuned multiple-choice head (GPT-1: softmax across answers).
+
+    Args:
+      context: A str, or a list of str.
+      choices: The answers (list of str) for the context, or one such list per context.
+      probabilities: Return the softmax across answers instead of the index.
+    """
+    from gptjax import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.choose(self, context, choices, probabilities=probabilities)
+  # ---- end of fine-tuned task heads ------------------------------------------------------------------------------
 
 
 def _load_tokenizer_if_present(directory: pathlib.Path):
@@ -125,7 +153,10 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
   if path.is_dir():
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)
-      return LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
+      model = LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
+      from gptjax import finetune  # pylint: disable=g-import-not-at-top
+      model.head = finetune.load_head(path)  # None unless the folder holds a fine-tuned task head.
+      return model
     raise FileNotFoundError(f"{path} is a folder but not a model: expected config.json with "
                             "model.safetensors or pytorch_model.bin (a Hugging Face folder)")
   if path.exists():
