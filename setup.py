@@ -23,6 +23,7 @@ setuptools.setup(
         "safetensors>=0.4",
         "huggingface-hub",
         "tqdm",
+        "tensorboardX",
     ],
     extras_require={
         "test": [

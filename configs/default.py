@@ -1,4 +1,4 @@
-"""The base config every other config starts from: GPT-2 small trained on the embedded default corpus.
+"""The base config every other config starts from: GPT-2 small's shape and GPT-2's optimiser recipe.
 
 Every field is commented. Variants import this module and override only what changes:
 
@@ -9,6 +9,10 @@ Every field is commented. Variants import this module and override only what cha
       return config
 
 Run:  python -m gptjax.train --config configs/default.py --workdir /tmp/gpt2 [--config.train.steps=100 ...]
+
+As it stands it trains a 124M-parameter GPT-2 on the embedded default corpus with GPT-2's tokenizer (fetched from
+the Hugging Face Hub once): a template, not a recipe. `configs/gpt2_small.py` is the real-corpus run,
+`configs/quickstart.py` the one that finishes on a laptop CPU.
 """
 
 import ml_collections
@@ -39,5 +43,64 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention_impl = None  # jax.nn.dot_product_attention implementation: None (auto), 'xla', 'cudnn'.
   config.model.remat = False  # Recompute block activations in the backward pass to save memory.
   config.model.decode = False  # Decoding mode (the sampler sets it; leave False for training).
+
+  # Where the weights come from: 'scratch' (random init from `model`), a gptjax run folder (fine-tune what it
+  # trained), or a Hugging Face folder / hub name such as 'gpt2' (its architecture replaces `model`, except the
+  # dropout, dtype, attention_impl and remat fields). A workdir that already has checkpoints resumes instead.
+  config.init_from = "scratch"
+  config.seed = 0  # Seeds the init and dropout, and (with the step) picks every batch: same seed, same run.
+
+  # The corpus (gptjax/data.py): tokenised once into a cached token file per split.
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "builtin:python"  # 'builtin:python' (offline default), 'text:<glob>', 'tfds:<name>[/<config>]'.
+  config.data.tokenizer = "gpt2"  # 'char', 'bpe:<vocab size>' (trained on the corpus), or a tokenizer name / folder.
+  config.data.val_fraction = 0.1  # Share held out for validation when the source has no validation split.
+  config.data.cache_dir = ""  # Token files; '' = ~/.cache/gptjax/tokens.
+  config.data.tfds_data_dir = ""  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.data.download = True  # Let TFDS download and prepare a dataset that is not there yet.
+  config.data.builtin_max_bytes = 10_000_000  # Cap on the bytes of Python source `builtin:python` reads.
+
+  # The optimiser (gptjax/optim.py): AdamW, linear warmup then cosine decay to lr * min_lr_ratio.
+  config.opt = ml_collections.ConfigDict()
+  config.opt.lr = 6e-4  # Peak learning rate (GPT-3 paper, 125M row).
+  config.opt.warmup_steps = 700  # Linear warmup from 0 (llm.c's GPT-2 124M run).
+  config.opt.decay_steps = 0  # Step at which the cosine reaches its floor; 0 = config.train.steps.
+  config.opt.min_lr_ratio = 0.1  # The floor, as a fraction of lr.
+  config.opt.weight_decay = 0.1  # Decoupled decay, on matrices and embeddings only (not biases or LayerNorm).
+  config.opt.b1 = 0.9  # Adam first-moment decay.
+  config.opt.b2 = 0.95  # Adam second-moment decay (0.95, not 0.999: steadier at large batch, GPT-3).
+  config.opt.eps = 1e-8  # Adam epsilon.
+  config.opt.grad_clip_norm = 1.0  # Clip the global gradient norm to this; 0 = no clipping.
+
+  # The loop (gptjax/trainer.py).
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 19_073  # Optimiser updates: 19,073 x 524,288 tokens = 10B tokens (llm.c's GPT-2 run).
+  config.train.batch_size = 512  # Sequences per update, over all devices and microbatches (512 x 1024 = 0.5M tokens).
+  config.train.grad_accum_steps = 8  # Microbatches per update (same update as the big batch, less memory).
+  config.train.seq_len = 0  # Tokens per training window; 0 = model.block_size.
+  config.train.log_every = 10  # Steps between console / metrics.jsonl / TensorBoard lines.
+  config.train.eval_every = 250  # Steps between validation losses (and, by default, checkpoints).
+  config.train.tensorboard = True  # Write TensorBoard events to <workdir>/tensorboard.
+  config.train.peak_flops_per_device = 0.0  # Peak FLOP/s for MFU; 0 = look the device up (none for CPUs).
+
+  # Validation.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 0  # Sequences per validation batch; 0 = the training microbatch.
+  config.eval.num_batches = 20  # Validation batches per evaluation (the same windows every time); 0 = whole split.
+  config.eval.early_stop_patience = 0  # Stop after this many evaluations without improvement; 0 = never.
+  config.eval.early_stop_min_delta = 0.0  # Improvement smaller than this does not count.
+
+  # The device mesh (gptjax/sharding.py): data x fsdp x tensor must equal the number of devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Data-parallel ways; -1 = all devices the other axes leave.
+  config.mesh.fsdp = 1  # Fully-sharded data-parallel ways (parameters and optimiser state split too).
+  config.mesh.tensor = 1  # Tensor-parallel ways (heads, MLP width and vocabulary split).
+
+  # Checkpoints (gptjax/checkpoint.py) in <workdir>/checkpoints; a restarted run resumes from the latest.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0  # Steps between saves; 0 = train.eval_every. The last step is always saved.
+  config.checkpoint.max_to_keep = 3  # Newest checkpoints kept on disk.
+  config.checkpoint.keep_best = True  # Also keep the one with the lowest validation loss.
+  config.checkpoint.async_save = True  # Write in the background while training continues.
 
   return config

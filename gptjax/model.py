@@ -140,16 +140,19 @@ def gpt1_config(**overrides) -> ModelConfig:
   return ModelConfig(**{**base, **overrides})
 
 
+# `rules=()`: the boxes only record axis names (read by gptjax/sharding.py) and never constrain on unbox. With the
+# default, flax's DenseGeneral unboxes its flat 2-D kernel under the 4-D names inside `scope.param`'s shape check,
+# which fails whenever logical axis rules and a mesh are in scope (as in the trainer's jitted steps).
 def _normal(std: float, names: tuple[Optional[str], ...]):
-  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names, rules=())
 
 
 def _zeros(names):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names, rules=())
 
 
 def _ones(names):
-  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names, rules=())
 
 
 def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:

@@ -152,6 +152,15 @@ def test_built_tokenizers_are_saved_and_reloaded(tmp_path, spec, kind):
   assert (tmp_path / "users_folder" / "notes.txt").read_text() == "mine"
 
 
+def test_tokenizer_loaded_from_a_folder_is_copied_into_tokenizer_dir(tmp_path):
+  pattern = _write_corpus(tmp_path / "corpus", num_files=1)
+  tokenizer_lib.train_bpe(["the quick brown fox " * 20], 280).save(tmp_path / "pretrained")
+  tokenizer, train, _ = data.prepare(f"text:{pattern}", str(tmp_path / "pretrained"), cache_dir=tmp_path / "cache",
+                                     tokenizer_dir=tmp_path / "tok", progress=False)
+  assert tokenizer.kind == "bpe" and train.dtype == np.uint16
+  assert tokenizer_lib.load_tokenizer(tmp_path / "tok").encode("lazy fox") == tokenizer.encode("lazy fox")
+
+
 def test_error_glob_matches_nothing(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No files match the glob .*nothing_here"):
     data.load_corpus(f"text:{tmp_path}/nothing_here/*.txt")

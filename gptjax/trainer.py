@@ -1,0 +1,587 @@
+"""Training: a sharded `TrainState`, pure train/eval steps, and the loop that evaluates, logs and checkpoints.
+
+`train_and_evaluate(config, workdir)` is the whole run (`python -m gptjax.train` calls it):
+
+1. data: `gptjax.data.prepare` tokenises the source once (cached) and saves the tokenizer to `<workdir>/tokenizer`;
+2. model and optimizer from `config.model` / `config.opt`, or the architecture and weights of `config.init_from`;
+3. state: `eval_shape` of the boxed init -> logical partition specs -> `jit(init, out_shardings=...)`, so no
+   device ever holds an unsharded copy; or, when `<workdir>/checkpoints` has a step, a restore onto this mesh;
+4. loop: `train_step(state, batch, rng)` is jitted with donated state; batch k is drawn from (seed, k) and its
+   dropout key is `fold_in(rng, k)`, so a resumed run repeats an uninterrupted one exactly. Each step's loss is
+   read on the host one step behind (the device is never idle) and a NaN/inf stops the run naming the step;
+5. every `eval_every` steps the validation loss; every `checkpoint.every_steps` a save; at the end a final save.
+
+Step numbers count updates: "step k" is the state after k updates, and the train loss logged at step k is that of
+the k-th update's batch. The loss is the sum of per-token cross-entropies (float32) over the count of target
+tokens, so gradient accumulation gives the large-batch update (`gptjax.optim.accumulate_gradients`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from gptjax import checkpoint as checkpoint_lib
+from gptjax import data as data_lib
+from gptjax import hf
+from gptjax import model as model_lib
+from gptjax import optim
+from gptjax import sharding
+
+# ModelConfig fields a run may change when it starts from trained weights: they do not change parameter shapes.
+RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype", "attention_impl", "remat")
+
+# Dense bf16 peak FLOP/s per device, for MFU. Matched in order against `device_kind` (lower case).
+PEAK_FLOPS = (
+    ("h100 pcie", 756e12), ("h100", 989e12), ("h200", 989e12), ("gh200", 989e12), ("a100", 312e12),
+    ("tpu v4", 275e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5p", 459e12), ("tpu v5", 459e12),
+    ("tpu v6 lite", 918e12), ("tpu v6e", 918e12),
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. Leaves are plain (unboxed) arrays; their shardings live beside, in a like tree.
+
+  Attributes:
+    step: int32 scalar, updates applied so far.
+    params: the model parameters (float32 unless `param_dtype` says otherwise).
+    opt_state: the optax state.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions: loss, steps, state construction.
+
+
+def loss_fn(params, tokens_BL1: jax.Array, rng: Optional[jax.Array], *, model: model_lib.GPT,
+            deterministic: bool) -> tuple[jax.Array, jax.Array]:
+  """Summed next-token cross-entropy (float32) and the number of target tokens.
+
+  Args:
+    params: parameter tree.
+    tokens_BL1: int [B, L+1]: inputs are [:, :-1], targets [:, 1:].
+    rng: dropout key (unused when `deterministic`).
+    model: the `GPT` module.
+    deterministic: True for evaluation (dropout off).
+
+  Returns:
+    (loss_sum, num_tokens), both float32 scalars.
+  """
+  inputs_BL, targets_BL = tokens_BL1[:, :-1], tokens_BL1[:, 1:]
+  rngs = None if deterministic else {"dropout": rng}
+  logits_BLV = model.apply({"params": params}, inputs_BL, deterministic=deterministic, rngs=rngs)
+  nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), targets_BL)
+  return jnp.sum(nll_BL), jnp.asarray(nll_BL.size, jnp.float32)
+
+
+def make_train_step(model: model_lib.GPT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                    num_microbatches: int = 1):
+  """The pure `train_step(state, batch, rng) -> (state, metrics)`.
+
+  `rng` is the run's dropout key; the step's own key is `fold_in(rng, state.step)`. `metrics` holds the mean
+  train loss of the batch and the global gradient norm (before clipping).
+  """
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  def micro_loss(params, microbatch, rng):
+    # Each microbatch is spread over every data-parallel device, not left on the few that hold its rows.
+    microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
+    return loss_fn(params, microbatch, rng, model=model, deterministic=False)
+
+  def train_step(state: TrainState, tokens_BL1: jax.Array, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if num_microbatches > 1:
+      # Microbatch i takes rows i, i + M, i + 2M, ...: rows every device already holds (the sum is unchanged).
+      B = tokens_BL1.shape[0]
+      tokens_BL1 = tokens_BL1.reshape(B // num_microbatches, num_microbatches, -1).swapaxes(0, 1).reshape(B, -1)
+    loss, grads = optim.accumulate_gradients(micro_loss, state.params, tokens_BL1, num_microbatches, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: model_lib.GPT):
+  """The pure `eval_step(params, batch) -> (loss_sum, num_tokens)`, dropout off."""
+  def eval_step(params, tokens_BL1):
+    return loss_fn(params, tokens_BL1, None, model=model, deterministic=True)
+  return eval_step
+
+
+def abstract_state(config: model_lib.ModelConfig, tx: optax.GradientTransformation):
+  """The boxed `TrainState` as shapes only, and the init function that builds it.
+
+  Returns:
+    (init_boxed, abstract): `init_boxed(rng)` builds the state with parameters (and Adam moments) boxed in
+    `nn.LogicallyPartitioned`; `abstract = jax.eval_shape(init_boxed, key)`.
+  """
+  def init_boxed(rng):
+    params = model_lib.init_params(config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init_boxed, jax.eval_shape(init_boxed, jax.random.key(0))
+
+
+def state_shardings(config: model_lib.ModelConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
+  """(shardings, shapes): `NamedSharding`s of the unboxed `TrainState` on `mesh`, and its ShapeDtypeStructs."""
+  _, boxed = abstract_state(config, tx)
+  return sharding.tree_shardings(boxed, mesh), nn.meta.unbox(boxed)
+
+
+def init_train_state(config: model_lib.ModelConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                     rng: jax.Array, params: Any = None) -> tuple[TrainState, TrainState]:
+  """Builds the train state directly in its sharded layout.
+
+  Args:
+    config: the model.
+    tx: the optimizer.
+    mesh: device mesh.
+    rng: init key (ignored when `params` is given).
+    params: optional host arrays (pretrained weights) to start from, shaped like the model's parameters.
+
+  Returns:
+    (state, shardings): the state at step 0 and the like tree of `NamedSharding`s.
+  """
+  init_boxed, _ = abstract_state(config, tx)
+  shardings, shapes = state_shardings(config, tx, mesh)
+  # No axis rules in scope here: out_shardings place the result, and flax's DenseGeneral would otherwise apply
+  # its 4-D logical names to the 2-D kernel it initialises first.
+  if params is None:
+    state = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=shardings)(rng)
+  else:
+    params = _put_params(params, shapes.params, shardings.params)
+    state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+                    out_shardings=shardings)(params)
+  return state, shardings
+
+
+def _put_params(params, shapes, shardings):
+  """Host arrays -> sharded device arrays of the model's dtypes; names the first mismatched parameter."""
+  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  try:
+    flat_params = treedef.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"The initial parameters do not have the model's structure: {e}") from None
+  out = []
+  for (path, shape), value, target in zip(flat_shapes, flat_params, treedef.flatten_up_to(shardings)):
+    value = np.asarray(value)
+    if value.shape != shape.shape:
+      raise ValueError(f"Parameter {jax.tree_util.keystr(path)}: checkpoint shape {value.shape}, model shape "
+                       f"{shape.shape}")
+    value = value.astype(shape.dtype)
+    # Every process holds the whole host array and contributes the slices its devices own.
+    out.append(jax.make_array_from_callback(value.shape, target, lambda index, v=value: v[index]))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: forward + backward = 3 x forward (PaLM, appendix B; nanoGPT's estimate_mfu).
+
+  Matmuls: 2 FLOPs per multiply-add, so 6 x the weights that multiply activations: per layer the qkv (D x 3D),
+  attention output (D x D) and MLP (2 x D x F) matrices, plus the output projection (D x V). The position table
+  and the input embedding are lookups, not matmuls. Attention: QK^T and the weighted sum of V cost 2 x 2 x L x D
+  per token and layer forward, so 12 x layers x D x L with the backward (counted over the full L x L square, as
+  PaLM does, although the causal mask makes half of it zeros).
+  """
+  D, F, V = config.emb_dim, config.mlp_dim, config.vocab_size
+  matmul_weights = config.num_layers * (3 * D * D + D * D + 2 * D * F) + D * V
+  return 6.0 * matmul_weights + 12.0 * config.num_layers * D * seq_len
+
+
+def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float]:
+  """Dense bf16 peak FLOP/s of a known accelerator, or None (CPUs and unknown devices: MFU is not reported)."""
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(eval_step, params, dataset: data_lib.TokenDataset, mesh: jax.sharding.Mesh, *, batch_size: int,
+             seq_len: int, num_batches: Optional[int]) -> dict[str, float]:
+  """Validation loss (mean per target token) and perplexity over a fixed set of windows.
+
+  Args:
+    eval_step: the jitted `make_eval_step(model)`.
+    params: parameters.
+    dataset: the validation split.
+    mesh: device mesh (batches are sharded like training batches).
+    batch_size: global batch size.
+    seq_len: window length L.
+    num_batches: how many batches; None covers the split once.
+
+  Returns:
+    {'val_loss': ..., 'val_ppl': ...}.
+  """
+  total, count = 0.0, 0.0
+  for rows in dataset.eval_batches(batch_size, seq_len, num_batches, process_index=jax.process_index(),
+                                   process_count=jax.process_count()):
+    loss_sum, num_tokens = eval_step(params, sharding.global_batch(rows, mesh))
+    total += float(loss_sum)
+    count += float(num_tokens)
+  loss = total / count
+  return {"val_loss": loss, "val_ppl": math.exp(min(loss, 80.0))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reporting.
+
+
+class MetricWriter:
+  """One console line per log interval, `metrics.jsonl` and TensorBoard events; silent except on process 0."""
+
+  def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = workdir / "metrics.jsonl"
+    self._tb = None
+    if not enabled:
+      return
+    if self.path.exists():
+      # Steps after the checkpoint we resume from were lost with the killed run and will be logged again.
+      lines = [line for line in self.path.read_text().splitlines()
+               if line.strip() and json.loads(line)["step"] <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in lines))
+    if tensorboard:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)):
+          self._tb.add_scalar(key, value, step)
+      self._tb.flush()
+
+  def info(self, message: str, *args) -> None:
+    if self.enabled:
+      logging.info(message, *args)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _format_line(step: int, total: int, m: dict[str, Any]) -> str:
+  parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}",
+           f"{m['tokens_per_sec']:,.0f} tok/s",
+           f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a (no known peak for this device)",
+           f"{1000 * m['step_time_s']:.1f} ms/step"]
+  if "val_loss" in m:
+    parts += [f"val_loss {m['val_loss']:.4f}", f"val_ppl {m['val_ppl']:.2f}"]
+  return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run.
+
+
+@dataclasses.dataclass
+class _Plan:
+  """Numbers derived once from the config and checked against the mesh."""
+  steps: int
+  batch_size: int
+  seq_len: int
+  num_microbatches: int
+  eval_batch_size: int
+  eval_batches: Optional[int]
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def _plan(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
+          mesh: jax.sharding.Mesh) -> _Plan:
+  t = config.train
+  for key in ("steps", "batch_size", "log_every", "eval_every", "grad_accum_steps"):
+    if t[key] < 1:
+      raise ValueError(f"config.train.{key} must be >= 1, got {t[key]}")
+  seq_len = t.seq_len or model_config.block_size
+  if not 1 <= seq_len <= model_config.block_size:
+    raise ValueError(f"config.train.seq_len={seq_len} must be in [1, model.block_size={model_config.block_size}]")
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                     f"config.train.grad_accum_steps={t.grad_accum_steps}")
+  micro = t.batch_size // t.grad_accum_steps
+  ways, processes = sharding.batch_divisor(mesh), jax.process_count()
+  if micro % ways or micro % processes:
+    raise ValueError(f"The microbatch (batch_size {t.batch_size} / grad_accum_steps {t.grad_accum_steps} = {micro}) "
+                     f"must be divisible by mesh.data * mesh.fsdp = {ways} and by the {processes} processes")
+  eval_batch = config.eval.batch_size or micro
+  if eval_batch % ways or eval_batch % processes:
+    raise ValueError(f"config.eval.batch_size={eval_batch} must be divisible by mesh.data * mesh.fsdp = {ways} and "
+                     f"by the {processes} processes")
+  every = config.checkpoint.every_steps or t.eval_every
+  return _Plan(steps=t.steps, batch_size=t.batch_size, seq_len=seq_len, num_microbatches=t.grad_accum_steps,
+               eval_batch_size=eval_batch, eval_batches=config.eval.num_batches or None, log_every=t.log_every,
+               eval_every=t.eval_every, checkpoint_every=every)
+
+
+def _prepare_data(config, workdir: pathlib.Path):
+  """Tokenised splits and tokenizer; process 0 goes first so the others reload its tokenizer, never race it."""
+  d = config.data
+  def prepare():
+    return data_lib.prepare(
+        d.source, d.tokenizer, cache_dir=d.cache_dir or None, tokenizer_dir=workdir / checkpoint_lib.TOKENIZER_DIR,
+        val_fraction=d.val_fraction, tfds_data_dir=d.tfds_data_dir or None, download=d.download,
+        builtin_max_bytes=d.builtin_max_bytes, progress=jax.process_index() == 0)
+  if jax.process_count() == 1:
+    return prepare()
+  if jax.process_index() == 0:
+    result = prepare()
+    multihost_utils.sync_global_devices("gptjax_data")
+    return result
+  multihost_utils.sync_global_devices("gptjax_data")
+  return prepare()
+
+
+def initial_model(config: ml_collections.ConfigDict) -> tuple[model_lib.ModelConfig, Optional[Any], str]:
+  """The model config and (for fine-tuning) host weights named by `config.init_from`.
+
+  Returns:
+    (model_config, params or None, description). For a gptjax workdir or a Hugging Face folder / hub name the
+    architecture is the checkpoint's; only `RUNTIME_MODEL_FIELDS` are taken from `config.model`.
+  """
+  requested = model_lib.ModelConfig.from_dict(config.model.to_dict())
+  source = config.init_from
+  if source in ("", "scratch"):
+    return requested, None, "scratch"
+  path = pathlib.Path(source).expanduser()
+  if path.is_dir() and checkpoint_lib.is_workdir(path):
+    loaded, params, step = checkpoint_lib.load_workdir(path)
+    params = jax.device_get(params)
+    description = f"gptjax run {path} (step {step})"
+  elif path.is_dir() and hf.is_hf_folder(path):
+    loaded, params = hf.load_hf(path)
+    description = f"Hugging Face folder {path}"
+  elif path.exists() or source.startswith((".", "/", "~")):
+    raise FileNotFoundError(f"config.init_from={source!r} is neither 'scratch', a gptjax run folder (config.json + "
+                            f"checkpoints/) nor a Hugging Face folder (config.json + model.safetensors)")
+  else:
+    loaded, params = hf.load_hf(hf.download(source))
+    description = f"Hugging Face model {source!r}"
+  runtime = {k: getattr(requested, k) for k in RUNTIME_MODEL_FIELDS}
+  model_config = dataclasses.replace(loaded, **runtime)
+  ignored = {k: (v, getattr(model_config, k)) for k, v in requested.to_dict().items()
+             if k not in RUNTIME_MODEL_FIELDS and k != "decode" and v != getattr(model_config, k)}
+  if ignored:
+    logging.info("init_from %s: its architecture wins over config.model for %s",
+                 source, ", ".join(f"{k} ({new} instead of {old})" for k, (old, new) in ignored.items()))
+  return model_config, params, description
+
+
+def _meta(config, plan: _Plan, tokenizer, model_config, val_loss: Optional[float]) -> dict:
+  return {
+      "data": {"source": config.data.source, "tokenizer": config.data.tokenizer, "seed": config.seed,
+               "batch_size": plan.batch_size, "seq_len": plan.seq_len},
+      "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
+      "model": model_config.to_dict(),
+      "val_loss": val_loss,
+  }
+
+
+class _NonFinite(FloatingPointError):
+  pass
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Trains (or resumes training) as `config` says, writing checkpoints and logs to `workdir`.
+
+  Args:
+    config: a config shaped like `configs/default.py`.
+    workdir: the run folder; a second call with the same folder resumes from its latest checkpoint.
+
+  Returns:
+    The last logged metrics, plus 'step' (the last step reached) and, when any evaluation ran, 'best_val_loss'.
+
+  Raises:
+    FloatingPointError: the loss or gradient norm became NaN or infinite; the message names the step and the last
+      checkpoint, which is left intact.
+  """
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.mesh_from_config(config.mesh)
+  model_config, init_params, init_description = initial_model(config)
+  plan = _plan(config, model_config, mesh)
+  tokenizer, train_ds, val_ds = _prepare_data(config, workdir)
+  data_lib.check_vocab_size(tokenizer, model_config.vocab_size)
+  logging.info("Data: train %s, val %s; tokenizer %s.", train_ds, val_ds, tokenizer)
+
+  o = config.opt
+  tx, schedule = optim.make_optimizer(
+      lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.decay_steps or plan.steps, min_lr_ratio=o.min_lr_ratio,
+      weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip_norm=o.grad_clip_norm)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  model = model_lib.GPT(model_config)
+
+  c = config.checkpoint
+  ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
+                                     keep_best=c.keep_best, async_save=c.async_save)
+  try:
+    return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
+                init_params, init_description, tokenizer, train_ds, val_ds)
+  finally:
+    ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+
+
+def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
+         init_params, init_description, tokenizer, train_ds, val_ds):
+  is_main = jax.process_index() == 0
+  start = ckpt.latest_step()
+  if start is not None:
+    shardings, shapes = state_shardings(model_config, tx, mesh)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    params, opt_state, meta = ckpt.restore(start, target.params, target.opt_state)
+    state = TrainState(step=jax.device_put(jnp.asarray(start, jnp.int32), shardings.step), params=params,
+                       opt_state=opt_state)
+    current = _meta(config, plan, tokenizer, model_config, None)["data"]
+    if meta.get("data") != current:
+      logging.warning("Resuming from step %d with different data settings (%s, now %s): the batches from here on "
+                      "differ from those of an uninterrupted run.", start, meta.get("data"), current)
+    logging.info("Resumed from step %d of %s.", start, ckpt.directory)
+  else:
+    start = 0
+    state, shardings = init_train_state(model_config, tx, mesh, init_rng, init_params)
+    logging.info("Initialised from %s.", init_description)
+  if is_main:
+    run_config = json.loads(config.to_json())
+    run_config["model"] = model_config.to_dict()
+    (workdir / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(run_config, indent=2) + "\n")
+  num_params = model_lib.count_params(state.params)
+  logging.info("Model: %s parameters; mesh %s; %d process(es).", f"{num_params:,}", dict(mesh.shape),
+               jax.process_count())
+
+  if start >= plan.steps:
+    logging.info("Step %d >= config.train.steps=%d: nothing to train.", start, plan.steps)
+    return {"step": start}
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start, tensorboard=config.train.tensorboard)
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  dropout_rng = jax.device_put(dropout_rng, replicated)
+  train_step = jax.jit(make_train_step(model, tx, mesh, plan.num_microbatches),
+                       in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sharding),
+                      out_shardings=(replicated, replicated))
+
+  def get_batch(step):
+    rows = train_ds.batch(step, plan.batch_size, plan.seq_len, config.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    return sharding.global_batch(rows, mesh)
+
+  def run_eval():
+    with jax.set_mesh(mesh), sharding.axis_rules():
+      return evaluate(eval_step, state.params, val_ds, mesh, batch_size=plan.eval_batch_size, seq_len=plan.seq_len,
+                      num_batches=plan.eval_batches)
+
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    started = time.perf_counter()
+    compiled = train_step.lower(state, get_batch(start), dropout_rng).compile()
+  writer.info("Compiled train_step in %.1f s.", time.perf_counter() - started)
+
+  peak = config.train.peak_flops_per_device or peak_flops_per_device()
+  flops_token = flops_per_token(model_config, plan.seq_len)
+  tokens_per_step = plan.batch_size * plan.seq_len
+  best_val, evals_since_best, last = math.inf, 0, {}
+  losses: list[float] = []
+  pending = None  # (step, device metrics) of the step dispatched last, read one step later.
+
+  def settle():
+    """Reads the pending step's metrics on the host; stops the run if they are not finite."""
+    nonlocal pending
+    if pending is None:
+      return
+    step, metrics = pending
+    pending = None
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      saved = ckpt.latest_step()
+      raise _NonFinite(
+          f"Training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Stopped; the last good "
+          f"checkpoint is {'step %d in %s' % (saved, ckpt.directory) if saved is not None else 'none'}. Lower "
+          f"config.opt.lr, raise config.opt.warmup_steps, or check the data.")
+    losses.append(loss)
+
+  interval_start, interval_steps = time.perf_counter(), 0
+  step = start
+  try:
+    while step < plan.steps:
+      state, metrics = compiled(state, get_batch(step), dropout_rng)
+      settle()  # The previous step: the device is already busy with this one.
+      step += 1
+      interval_steps += 1
+      pending = (step, metrics)
+      do_eval = step % plan.eval_every == 0 or step == plan.steps
+      do_save = step % plan.checkpoint_every == 0 or step == plan.steps
+      do_log = step % plan.log_every == 0 or do_eval or step == plan.steps
+      if not (do_eval or do_save or do_log):
+        continue
+      settle()
+      elapsed = time.perf_counter() - interval_start
+      record = {"train_loss": float(np.mean(losses)), "lr": float(schedule(step - 1)),
+                "tokens_per_sec": interval_steps * tokens_per_step / elapsed, "step_time_s": elapsed / interval_steps,
+                "grad_norm": float(metrics["grad_norm"])}
+      record["mfu"] = record["tokens_per_sec"] * flops_token / (peak * jax.device_count()) if peak else None
+      val_loss = None
+      if do_eval:
+        record.update(run_eval())
+        val_loss = record["val_loss"]
+      writer.info("%s", _format_line(step, plan.steps, record))
+      writer.write(step, record)
+      last = dict(record, step=step)
+      if do_save:
+        ckpt.save(step, state.params, state.opt_state, _meta(config, plan, tokenizer, model_config, val_loss),
+                  val_loss=val_loss)
+      stop = False
+      if val_loss is not None:
+        if val_loss < best_val - config.eval.early_stop_min_delta:
+          best_val, evals_since_best = val_loss, 0
+        else:
+          evals_since_best += 1
+          patience = config.eval.early_stop_patience
+          if patience and evals_since_best >= patience:
+            writer.info("Early stop at step %d: no validation improvement in %d evaluations (best %.4f).",
+                        step, evals_since_best, best_val)
+            stop = True
+      losses.clear()
+      interval_start, interval_steps = time.perf_counter(), 0
+      if stop:
+        if not do_save:
+          ckpt.save(step, state.params, state.opt_state,
+                    _meta(config, plan, tokenizer, model_config, val_loss), val_loss=val_loss)
+        break
+    settle()
+  except _NonFinite as e:
+    writer.close()
+    raise FloatingPointError(str(e)) from None
+  writer.close()
+  if math.isfinite(best_val):
+    last["best_val_loss"] = best_val
+  last.setdefault("step", step)
+  return last
