@@ -19,6 +19,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = "openai-gpt"
   config.seed = 0  # Head init, new embedding rows, dropout and the per-epoch shuffle.
 
+  # Runtime fields of the model (the architecture and weights come from init_from; see trainer.initial_model).
+  config.model = ml_collections.ConfigDict()
+  config.model.dropout_rate = 0.1  # Residual and embedding dropout while fine-tuning (GPT-1: 0.1).
+  config.model.attention_dropout_rate = 0.1  # Dropout on attention probabilities.
+  config.model.dtype = "float32"  # Compute dtype of matmuls ('bfloat16' on accelerators); the losses stay float32.
+  config.model.param_dtype = "float32"  # Parameters and optimizer state.
+  config.model.attention_impl = None  # jax.nn.dot_product_attention implementation: None (auto), 'xla', 'cudnn'.
+  config.model.remat = False  # Recompute block activations in the backward pass to save memory.
+
   config.finetune = ml_collections.ConfigDict()
   # 'classification' | 'entailment' | 'similarity' | 'multiple_choice' (GPT-1 Figure 1; see gptjax/finetune.py).
   config.finetune.task = "classification"
@@ -40,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.truncate = True  # Shorten over-long text (the answer never); False: over-long input is an error.
   config.finetune.lm_coef = 0.5  # lambda: weight of the auxiliary language-modelling loss; 0 turns it off.
   config.finetune.clf_dropout = 0.1  # Dropout on the head's input.
-  config.finetune.dropout_rate = 0.1  # The transformer's residual/embedding/attention dropout while fine-tuning.
+  config.finetune.tokenizer = ""  # The tokenizer's folder or name; '' = the one saved with init_from.
   # Validation metric for the best model and early stopping ('' = accuracy, or pearson for regression);
   # one of accuracy, f1, mcc (two classes) or pearson, spearman (regression).
   config.finetune.metric = ""
@@ -60,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 3  # Passes over the training set; the last partial batch of each epoch is dropped.
   config.train.eval_every = 0  # Steps between validations (each may save the best model); 0 = once per epoch.
   config.train.log_every = 50  # Steps between training-loss lines (console and <workdir>/metrics.jsonl).
+  config.train.tensorboard = True  # Also write TensorBoard events to <workdir>/tensorboard.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # Examples per validation forward pass.
