@@ -98,6 +98,8 @@ class TaskSpec:
         raise ValueError(f"choice_fields is for multiple_choice, not {self.task}")
       if self.regression and self.labels:
         raise ValueError(f"A regression task has no label set, got labels={self.labels}")
+      if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+        raise ValueError(f"labels must be at least 2 distinct labels, got {self.labels}")
     if self.max_length < 0:
       raise ValueError(f"max_length must be >= 0 (0 = the model's context), got {self.max_length}")
 
@@ -286,6 +288,8 @@ def _read_tfds(spec: str, default_split: str, data_dir, download) -> list[tuple[
       elif isinstance(value, np.ndarray):
         value = [v.decode("utf-8") if isinstance(v, bytes) else v.item() for v in value]
       names = getattr(features[key], "names", None) if key in features else None
+      if names and value == -1:
+        continue  # A ClassLabel of -1 means "no label" (e.g. GLUE's test splits): the record is unlabelled.
       if names and isinstance(value, int) and 0 <= value < len(names):
         record[f"{key}@index"] = value  # ClassLabel: the name, and the index for index-valued labels (answers).
         value = names[value]

@@ -154,6 +154,8 @@ def test_bad_input_names_the_line_the_value_and_what_was_expected(tmp_path):
     T.TaskSpec("sentiment", ("text",))
   with pytest.raises(ValueError, match=r"entailment reads 2 text field\(s\), got text_fields=\('text',\)"):
     T.TaskSpec("entailment", ("text",))
+  with pytest.raises(ValueError, match=r"labels must be at least 2 distinct labels, got \('a', 'a'\)"):
+    T.TaskSpec("classification", ("text",), labels=("a", "a"))
   choice = T.TaskSpec("multiple_choice", ("ctx",), choice_fields=("a", "b"), num_choices=2)
   with pytest.raises(ValueError, match=r"data.jsonl:1: label 2 in field 'label' is not an answer index in \[0, 2\)"):
     T.encode_records(choice, tok, ids, _records([{"ctx": "c", "a": "x", "b": "y", "label": 2}]), 32)
@@ -200,3 +202,35 @@ def test_tfds_glue_sst2_through_mock_data(tmp_path):
   data = T.encode_records(spec, tok, ids, records, 64)
   assert data.labels.tolist() == [("negative", "positive").index(r["label"]) for _, r in records]
   assert _seq(data, 3)[1:-1] == tok.encode(records[3][1]["sentence"])
+
+
+class GptjaxTinyPairs(tfds.core.GeneratorBasedBuilder):
+  """A real TFDS dataset prepared as array_record: sentence pairs, a named ClassLabel, an unlabelled test split."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    features = {"premise": tfds.features.Text(), "hypothesis": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=["entailment", "not_entailment"])}
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(0, 6, labelled=True),
+            "test": self._generate_examples(6, 8, labelled=False)}
+
+  def _generate_examples(self, start, stop, labelled):  # pylint: disable=arguments-differ
+    for i in range(start, stop):
+      yield i, {"premise": f"premise {i}", "hypothesis": f"hypothesis {i}", "label": i % 2 if labelled else -1}
+
+
+def test_tfds_prepared_dataset_class_names_and_unlabelled_test_split(tmp_path):
+  GptjaxTinyPairs(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  train = T.read_records("tfds:gptjax_tiny_pairs", tfds_data_dir=str(tmp_path), download=False)  # Default: train.
+  assert len(train) == 6  # TFDS shuffles the stored order: check each record against its own number.
+  assert all(r["label"] == ("entailment", "not_entailment")[int(r["premise"].split()[1]) % 2] for _, r in train)
+  test = T.read_records("tfds:gptjax_tiny_pairs:test", tfds_data_dir=str(tmp_path), download=False)
+  assert len(test) == 2 and all("label" not in r for _, r in test)  # -1 = no label: predictions only.
+  with pytest.raises(ValueError, match=r"has no split 'validation'; it has \['test', 'train'\]"):
+    T.read_records("tfds:gptjax_tiny_pairs", default_split="validation", tfds_data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match=r"TFDS has no dataset 'no_such_dataset_xyz'"):
+    T.read_records("tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
