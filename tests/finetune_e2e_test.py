@@ -18,6 +18,8 @@ import tokenize
 import pytest
 
 import gptjax
+from configs import finetune_sst2
+from gptjax import finetune as F
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRETRAIN_BYTES = 300_000  # The first ~300 KB of the standard library (builtin:python): the pre-training text.
@@ -87,11 +89,11 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
             "--config.model.vocab_size=512", "--config.model.emb_dim=64", "--config.model.mlp_dim=256",
             "--config.data.tokenizer=bpe:512", f"--config.data.builtin_max_bytes={PRETRAIN_BYTES}",
             f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.steps=150",
-            "--config.train.batch_size=16", "--config.train.grad_accum_steps=1", "--config.train.log_every=100",
-            "--config.train.eval_every=150", "--config.train.tensorboard=False", "--config.eval.num_batches=2",
-            "--config.opt.lr=3e-3", "--config.opt.warmup_steps=15"], REPO)
+            "--config.train.batch_size=16", "--config.train.seq_len=32", "--config.train.grad_accum_steps=1",
+            "--config.train.log_every=150", "--config.train.eval_every=150", "--config.train.tensorboard=False",
+            "--config.eval.num_batches=2", "--config.opt.lr=3e-3", "--config.opt.warmup_steps=15"], REPO)
   pretrain_log = [json.loads(line) for line in (pretrain / "metrics.jsonl").read_text().splitlines()]
-  assert pretrain_log[-1]["val_loss"] < 4.0  # Well below ln(512) = 6.2: it learnt something of Python.
+  assert pretrain_log[-1]["val_loss"] < 4.5  # Well below ln(512) = 6.2: it learnt something of Python.
 
   # 2. The task: comment or code, 400 balanced training lines, 200 validation lines from other modules.
   rows = _comment_and_code_lines(max_per_class=200)
@@ -105,13 +107,15 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
 
   # 3. Fine-tune from the pre-training run folder with the shipped SST-2 config, pointed at the files.
   work = tmp_path / "finetune"
-  args = ["gptjax.train", "--config", "configs/finetune_sst2.py", "--workdir", str(work),
-          f"--config.init_from={pretrain}", f"--config.finetune.train_data={tmp_path / 'train.jsonl'}",
-          f"--config.finetune.val_data={tmp_path / 'val.jsonl'}", "--config.finetune.text_fields=('text',)",
-          "--config.finetune.labels=('code','comment')", "--config.finetune.max_length=32",
-          "--config.opt.lr=1e-3", "--config.opt.warmup_fraction=0.1", "--config.train.batch_size=16",
-          "--config.train.epochs=3", "--config.train.log_every=25", "--config.train.tensorboard=False",
-          "--config.model.dropout_rate=0.0", "--config.model.attention_dropout_rate=0.0"]
+  overrides = {
+      "init_from": str(pretrain), "finetune.train_data": str(tmp_path / "train.jsonl"),
+      "finetune.val_data": str(tmp_path / "val.jsonl"), "finetune.text_fields": ("text",),
+      "finetune.labels": ("code", "comment"), "finetune.max_length": 32, "opt.lr": 1e-3, "opt.warmup_fraction": 0.1,
+      "train.batch_size": 16, "train.epochs": 3, "train.log_every": 25, "train.tensorboard": False,
+      "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
+  args = ["gptjax.train", "--config", "configs/finetune_sst2.py", "--workdir", str(work)] + [
+      f"--config.{key}={value!r}" if isinstance(value, tuple) else f"--config.{key}={value}"
+      for key, value in overrides.items()]
   _run_cli(args, REPO)
   saved = json.loads((work / "best" / "finetune.json").read_text())
   accuracy = saved["validation"]["accuracy"]
@@ -121,9 +125,14 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
   assert len(val_accuracies) == 3 and max(val_accuracies) == accuracy  # One evaluation per epoch; best kept.
   assert all(r["lm_loss"] > 0 for r in log)
 
-  # 4. A second run resumes at the end and trains no further.
-  again = _run_cli(args, REPO)
-  assert "Resumed from step 75" in again.stderr
+  # 4. Running again resumes from the checkpoint at the last step and trains no further (in-process: a third
+  # subprocess would cost another ~10 s of imports).
+  config = finetune_sst2.get_config()
+  for key, value in overrides.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  again = F.train_and_evaluate(config, work)
+  assert again["step"] == 75 and again["best_metric"] == accuracy and again["best_step"] == saved["step"]
 
   # 5. Predict through the CLI; the model the run kept gives the accuracy the run measured.
   predicted = _run_cli(["gptjax.predict", "--model", str(work), "--data", str(tmp_path / "val.jsonl"), "--output",
