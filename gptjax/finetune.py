@@ -433,6 +433,21 @@ def evaluate(eval_step, params, data: TaskData, kind: str, batch_size: int) -> d
   return {**result, "task_loss": float(sums[0] / sums[2]), "lm_loss": float(sums[1] / sums[2])}
 
 
+def update_progress(progress: dict, step: int, result: dict[str, float], metric: str, min_delta: float,
+                    patience: int) -> bool:
+  """Records an evaluation in `progress` (best so far, evaluations since, early stop); True when it is the new best.
+
+  An evaluation improves when `metric` beats the best by more than `min_delta`; after `patience` evaluations
+  without improvement (0 = never) `progress['stopped']` is set.
+  """
+  if progress["best_metric"] is None or result[metric] > progress["best_metric"] + min_delta:
+    progress.update(best_metric=result[metric], best_step=step, best=result, evals_since_best=0)
+    return True
+  progress["evals_since_best"] += 1
+  progress["stopped"] = bool(patience) and progress["evals_since_best"] >= patience
+  return False
+
+
 def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
   """Fine-tunes `config.init_from` on `config.finetune`, keeping the best model by validation metric.
 
@@ -529,14 +544,10 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
       if do_eval:
         result = evaluate(eval_step, params, val_data, spec.kind, evaluation.batch_size)
         record.update({f"val_{k}": v for k, v in result.items()})
-        if progress["best_metric"] is None or result[metric] > progress["best_metric"] + evaluation.early_stop_min_delta:
-          progress.update(best_metric=result[metric], best_step=step, best=result, evals_since_best=0)
+        if update_progress(progress, step, result, metric, evaluation.early_stop_min_delta,
+                           evaluation.early_stop_patience):
           export_model(workdir / "best", model_cfg, params, tokenizer, spec,
                        extra={"step": step, "metric": metric, "validation": result, "init_from": config.init_from})
-        else:
-          progress["evals_since_best"] += 1
-          patience = evaluation.early_stop_patience
-          progress["stopped"] = bool(patience) and progress["evals_since_best"] >= patience
       logging.info("step %d/%d | loss %.4f (task %.4f, lm %.4f)%s", step, total_steps, record["train_loss"],
                    record["task_loss"], record["lm_loss"],
                    f" | val {metric} {record[f'val_{metric}']:.4f} (best {progress['best_metric']:.4f} at step "

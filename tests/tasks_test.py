@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import importlib
 import json
 
 import numpy as np
@@ -234,3 +235,13 @@ def test_tfds_prepared_dataset_class_names_and_unlabelled_test_split(tmp_path):
     T.read_records("tfds:gptjax_tiny_pairs", default_split="validation", tfds_data_dir=str(tmp_path))
   with pytest.raises(ValueError, match=r"TFDS has no dataset 'no_such_dataset_xyz'"):
     T.read_records("tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("name, task, kind", [
+    ("finetune_sst2", "classification", "classes"), ("finetune_rte", "entailment", "classes"),
+    ("finetune_stsb", "similarity", "regression"), ("finetune_copa", "multiple_choice", "choice")])
+def test_shipped_configs_describe_valid_tasks(name, task, kind):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  spec = T.TaskSpec.from_config(config.finetune)
+  assert (spec.task, spec.kind) == (task, kind)
+  assert config.finetune.train_data.startswith("tfds:") and config.finetune.lm_coef == 0.5  # GPT-1's lambda.
