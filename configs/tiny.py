@@ -15,4 +15,13 @@ def get_config():
   config.model.emb_dim = 32
   config.model.mlp_dim = 128
   config.model.dtype = "float32"  # Tests compare losses exactly.
+
+  config.data.tokenizer = "char"  # The default corpus has 219 distinct characters: they fit in 256 rows.
+  config.train.steps = 100  # A smoke run: seconds on a CPU.
+  config.train.batch_size = 16
+  config.train.grad_accum_steps = 1
+  config.train.log_every = 10
+  config.train.eval_every = 50
+  config.opt.lr = 3e-3
+  config.opt.warmup_steps = 10
   return config

@@ -73,6 +73,9 @@ class Checkpointer:
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn makes orbax write each step's metrics to disk (so the best survives a restart); which steps are
+        # kept is the preservation policy's call alone.
+        best_fn=lambda metrics: metrics["val_loss"], best_mode="min",
         enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
         read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)

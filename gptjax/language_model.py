@@ -87,6 +87,32 @@ class LanguageModel:
       raise ValueError(f"attention_mask shape {mask.shape} does not match token_ids shape {ids.shape}")
     return np.asarray(self._forward(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
 
+  # ---- Evaluation (branch `eval`; the logic lives in gptjax/evaluate.py) ----------------------------------------
+  def score(self, texts: Union[str, Sequence[str]], *, context: Optional[int] = None, stride: Optional[int] = None,
+            batch_size: int = 8):
+    """Log-probability of each text under the model, batched and jitted.
+
+    Each text is scored alone. GPT-2 convention: the first token is predicted from `<|endoftext|>`, so every token
+    counts. A tokenizer without `<|endoftext|>` (GPT-1) has nothing to predict the first token from: it is context
+    only and not counted. Texts longer than `context` are scored with a sliding window (`gptjax.evaluate`).
+
+    Args:
+      texts: One string or a list of strings.
+      context: Window length in tokens (default: the model's block_size).
+      stride: Step between windows of a long text (default: context // 2).
+      batch_size: Rows per forward pass.
+
+    Returns:
+      A `gptjax.evaluate.TextScore` (`logprob` in nats, `num_tokens` scored, `num_bytes` UTF-8) per text; a single
+      one for a single string.
+    """
+    from gptjax import evaluate  # pylint: disable=g-import-not-at-top
+    single = isinstance(texts, str)
+    scores = evaluate.score_texts(self, [texts] if single else texts, context=context, stride=stride,
+                                  batch_size=batch_size)
+    return scores[0] if single else scores
+  # ---- End of evaluation -----------------------------------------------------------------------------------------
+
   def save(self, out_dir: os.PathLike, format: str = "hf") -> pathlib.Path:  # pylint: disable=redefined-builtin
     """Saves the model (and tokenizer files) to `out_dir`.
 
@@ -140,16 +166,24 @@ def _load_tokenizer_if_present(directory: pathlib.Path):
 
 
 def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
-  """Loads a model from a Hugging Face folder, or a hub name when online.
+  """Loads a model from a gptjax run folder, a Hugging Face folder, or a hub name when online.
 
   Args:
-    path_or_name: A folder saved by `GPT2LMHeadModel` / `OpenAIGPTLMHeadModel` / `LanguageModel.save`, or a hub
-      name such as `gpt2` or `openai-gpt`.
+    path_or_name: A `--workdir` of `python -m gptjax.train` (its latest checkpoint; see
+      `gptjax.checkpoint.load_workdir` for the best one), a folder saved by `GPT2LMHeadModel` /
+      `OpenAIGPTLMHeadModel` / `LanguageModel.save`, or a hub name such as `gpt2` or `openai-gpt`.
 
   Returns:
     A `LanguageModel` with the folder's tokenizer (None when it has no tokenizer files).
   """
   path = pathlib.Path(path_or_name).expanduser()
+  # --- gptjax run folders (branch `train`): the latest checkpoint's parameters and <workdir>/tokenizer. ---
+  if (path / "checkpoints").is_dir():
+    from gptjax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only when needed)
+    if checkpoint.is_workdir(path):
+      config, params, _ = checkpoint.load_workdir(path)
+      return LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
+  # --- end of gptjax run folders. ---
   if path.is_dir():
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)

@@ -336,6 +336,10 @@ def _plan(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig
   if eval_batch % ways or eval_batch % processes:
     raise ValueError(f"config.eval.batch_size={eval_batch} must be divisible by mesh.data * mesh.fsdp = {ways} and "
                      f"by the {processes} processes")
+  decay = config.opt.decay_steps or t.steps
+  if not 0 <= config.opt.warmup_steps < decay:
+    raise ValueError(f"config.opt.warmup_steps={config.opt.warmup_steps} must be smaller than the decay length "
+                     f"{decay} (config.opt.decay_steps, or config.train.steps when that is 0)")
   every = config.checkpoint.every_steps or t.eval_every
   return _Plan(steps=t.steps, batch_size=t.batch_size, seq_len=seq_len, num_microbatches=t.grad_accum_steps,
                eval_batch_size=eval_batch, eval_batches=config.eval.num_batches or None, log_every=t.log_every,
@@ -428,7 +432,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.mesh_from_config(config.mesh)
-  model_config, init_params, init_description = initial_model(config)
+  c = config.checkpoint
+  ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
+                                     keep_best=c.keep_best, async_save=c.async_save)
+  try:
+    return _setup_and_run(config, workdir, mesh, ckpt)
+  finally:
+    ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+
+
+def _setup_and_run(config, workdir: pathlib.Path, mesh, ckpt: checkpoint_lib.Checkpointer):
+  if ckpt.latest_step() is not None:
+    # Resuming: the architecture is the one this run trained (e.g. the init_from model's), read from the workdir.
+    saved = checkpoint_lib.read_run_config(workdir)["model"]
+    requested = config.model.to_dict()
+    model_config = model_lib.ModelConfig.from_dict(
+        {**saved, **{k: requested[k] for k in RUNTIME_MODEL_FIELDS}})
+    init_params, init_description = None, "the checkpoint"
+  else:
+    model_config, init_params, init_description = initial_model(config)
   plan = _plan(config, model_config, mesh)
   tokenizer, train_ds, val_ds = _prepare_data(config, workdir)
   data_lib.check_vocab_size(tokenizer, model_config.vocab_size)
@@ -438,17 +460,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   tx, schedule = optim.make_optimizer(
       lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.decay_steps or plan.steps, min_lr_ratio=o.min_lr_ratio,
       weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip_norm=o.grad_clip_norm)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  # Made by a jitted function so that the keys are global arrays: with several processes a host-made key cannot be
+  # placed on devices this process does not own.
+  replicated = sharding.replicated(mesh)
+  init_rng, dropout_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+                                  out_shardings=(replicated, replicated))()
   model = model_lib.GPT(model_config)
-
-  c = config.checkpoint
-  ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
-                                     keep_best=c.keep_best, async_save=c.async_save)
-  try:
-    return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
-                init_params, init_description, tokenizer, train_ds, val_ds)
-  finally:
-    ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+  return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
+              init_params, init_description, tokenizer, train_ds, val_ds)
 
 
 def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
@@ -459,8 +478,8 @@ def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rn
     shardings, shapes = state_shardings(model_config, tx, mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     params, opt_state, meta = ckpt.restore(start, target.params, target.opt_state)
-    state = TrainState(step=jax.device_put(jnp.asarray(start, jnp.int32), shardings.step), params=params,
-                       opt_state=opt_state)
+    step_array = jax.make_array_from_callback((), shardings.step, lambda _: np.asarray(start, np.int32))
+    state = TrainState(step=step_array, params=params, opt_state=opt_state)
     current = _meta(config, plan, tokenizer, model_config, None)["data"]
     if meta.get("data") != current:
       logging.warning("Resuming from step %d with different data settings (%s, now %s): the batches from here on "
@@ -483,7 +502,6 @@ def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rn
     return {"step": start}
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start, tensorboard=config.train.tensorboard)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  dropout_rng = jax.device_put(dropout_rng, replicated)
   train_step = jax.jit(make_train_step(model, tx, mesh, plan.num_microbatches),
                        in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
                        donate_argnums=(0,))

@@ -1,0 +1,525 @@
+"""Evaluation with a stated method: perplexity (sliding window), bits per byte, LAMBADA, multiple choice.
+
+Papers' numbers are hard to match when the method is not stated; every number here comes with its method, and the
+JSON written by `python -m gptjax.evaluate` records the settings beside the metrics.
+
+Scoring a text. A text is tokenised on its own. With GPT-2's convention the stream is `<|endoftext|>` followed by
+the text's tokens, so the first token is predicted from `<|endoftext|>` and every token is scored. A tokenizer
+without that token (GPT-1) leaves nothing to predict the first token from: it is context only and is not scored
+(`num_tokens` counts the scored tokens; `num_bytes` still counts every UTF-8 byte of the text).
+
+Sliding window (texts longer than the context). Write the stream as pairs (x_i -> x_{i+1}), i = 0..n-1. Windows
+start at 0, stride, 2*stride, ... and each feeds up to `context` inputs. The first window scores all its targets;
+every later window scores only the targets no earlier window scored (its last `stride` ones, fewer at the end),
+given the rest of the window as context; the window that reaches the end is the last. So stride == context cuts
+the text into independent chunks, and stride 1 gives every token the longest context the model allows. It is the
+scheme of Hugging Face's perplexity guide, counted in (input -> target) pairs so that a window of `context` inputs
+scores up to `context` targets. Defaults: context = the model's block_size (1024 for GPT-2, as in its paper);
+stride = context // 2. The GPT-2 paper does not state its stride; half a context gives every token after the first
+window at least context - stride tokens of context (512 for GPT-2), at twice the cost of independent chunks.
+
+Metrics, from the summed natural-log probability `logprob` of N scored tokens of texts with B UTF-8 bytes and W
+whitespace-separated words:
+  token_perplexity = exp(-logprob / N); bits_per_byte = -logprob / ln(2) / B; word_perplexity = exp(-logprob / W).
+Bits per byte and word perplexity do not depend on the tokenizer, so models with different tokenizers compare.
+
+Requests are sorted by length and batched; a batch is padded on the right to a power-of-two length (at least 16, at
+most the model's block_size) with an attention mask, and every batch of a call has the same power-of-two number of
+rows, so a whole evaluation compiles a handful of shapes rather than one per text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax.eval_data import TASKS, Records, check_choice_example, load_task_data
+from gptjax.model import GPT, ModelConfig
+
+JOINS = ("concat", "documents")
+DEFAULT_BATCH_SIZE = 8
+_MIN_BUCKET = 16  # Shortest padded length: below this, more shapes would cost more compiles than they save.
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring: requests -> batched, jitted log-probabilities.
+
+
+@dataclasses.dataclass(frozen=True)
+class TextScore:
+  """What `score_texts` returns per text.
+
+  Attributes:
+    logprob: Summed natural-log probability of the scored tokens.
+    num_tokens: Tokens scored (every token with `<|endoftext|>` in front; all but the first without).
+    num_bytes: UTF-8 bytes of the text.
+  """
+  logprob: float
+  num_tokens: int
+  num_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+  """One row for the model: `inputs` [n] predict `targets` [n]; targets before `first_scored` are context."""
+  inputs: np.ndarray
+  targets: np.ndarray
+  first_scored: int
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(config: ModelConfig) -> Callable:
+  model = GPT(config)
+
+  def score(params, inputs_BL, targets_BL, valid_BL, scored_BL):
+    logits_BLV = model.apply({"params": params}, inputs_BL, attention_mask_BL=valid_BL).astype(jnp.float32)
+    target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+    max_logit_BL = logits_BLV.max(axis=-1)
+    logprob_BL = target_logit_BL - max_logit_BL - jnp.log(jnp.exp(logits_BLV - max_logit_BL[..., None]).sum(-1))
+    # Greedy decoding would pick the target: its logit is the largest (an argmax over V is ~2x slower on CPU).
+    greedy_BL = target_logit_BL >= max_logit_BL
+    # `where`, not a product: a padding row's logits may be NaN, and 0 * NaN is NaN.
+    return (jnp.where(scored_BL, logprob_BL, 0.0).sum(-1), jnp.all(greedy_BL | ~scored_BL, axis=-1))
+
+  return jax.jit(score)
+
+
+def _bucket(n: int, cap: int, floor: int = 1) -> int:
+  return min(cap, max(floor, 1 << max(0, n - 1).bit_length()))
+
+
+def _run_requests(lm, requests: Sequence[_Request], batch_size: int, progress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Scores requests in length-sorted batches. Returns (logprob [R] float64, greedy_match [R] bool)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  block_size = lm.config.block_size
+  logprob, greedy = np.zeros(len(requests)), np.zeros(len(requests), bool)
+  order = sorted(range(len(requests)), key=lambda i: -len(requests[i].inputs))
+  score = _scorer(lm.config)
+  batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+  # One row count per call (the last batch is padded to it): at most one batch of wasted work, and a compiled
+  # shape per length bucket rather than per (rows, length) pair.
+  rows = _bucket(min(len(requests), batch_size), batch_size)
+  for batch in _progress(batches, progress, "batches"):
+    length = _bucket(len(requests[batch[0]].inputs), block_size, _MIN_BUCKET)
+    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    valid, scored = np.zeros((rows, length), bool), np.zeros((rows, length), bool)
+    for row, index in enumerate(batch):
+      request = requests[index]
+      n = len(request.inputs)
+      inputs[row, :n], targets[row, :n], valid[row, :n] = request.inputs, request.targets, True
+      scored[row, request.first_scored:n] = True
+    lm.check_token_ids(inputs)
+    lm.check_token_ids(targets)
+    batch_logprob, batch_greedy = jax.device_get(score(lm.params, inputs, targets, valid, scored))
+    logprob[batch], greedy[batch] = batch_logprob[:len(batch)], batch_greedy[:len(batch)]
+  return logprob, greedy
+
+
+def _progress(items, enabled: bool, unit: str):
+  if not enabled:
+    return items
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(items, unit=unit, file=sys.stderr)
+
+
+def sliding_windows(num_targets: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+  """The windows over `num_targets` (input -> target) pairs, as `(begin, end, first_scored)`.
+
+  A window feeds inputs [begin, end) and scores targets [first_scored, end): all of them in the first window, and
+  in later ones only those no earlier window scored (see the module docstring).
+  """
+  if not 1 <= stride <= context:
+    raise ValueError(f"stride must be in [1, context={context}], got {stride}")
+  windows, scored_end = [], 0
+  for begin in range(0, num_targets, stride):
+    end = min(begin + context, num_targets)
+    windows.append((begin, end, scored_end))
+    scored_end = end
+    if end == num_targets:
+      break
+  return windows
+
+
+def _check_context(lm, context: Optional[int], stride: Optional[int]) -> tuple[int, int]:
+  block_size = lm.config.block_size
+  context = block_size if context is None else int(context)
+  if not 1 <= context <= block_size:
+    raise ValueError(f"context must be in [1, {block_size}] (the model's block_size), got {context}")
+  stride = max(1, context // 2) if stride is None else int(stride)
+  if not 1 <= stride <= context:
+    raise ValueError(f"stride must be in [1, context={context}], got {stride}")
+  return context, stride
+
+
+def _tokenizer(lm):
+  if lm.tokenizer is None:
+    raise ValueError("This model has no tokenizer: evaluation needs one to turn text into tokens. Load a folder "
+                     "with tokenizer files, or set `lm.tokenizer = gptjax.load_tokenizer(...)` "
+                     "(`--tokenizer` on the command line).")
+  return lm.tokenizer
+
+
+def _prefix(lm) -> list[int]:
+  """`[<|endoftext|>]` for GPT-2-style tokenizers; [] for GPT-1 (no such token: the first token is not scored)."""
+  eos_id = getattr(_tokenizer(lm), "eos_id", None)
+  return [] if eos_id is None else [eos_id]
+
+
+def score_texts(lm, texts: Sequence[str], *, context: Optional[int] = None, stride: Optional[int] = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> list[TextScore]:
+  """Log-probability of each text, scored alone (see the module docstring for the first token and windows).
+
+  Args:
+    lm: A `gptjax.LanguageModel` with a tokenizer.
+    texts: Strings; each is scored independently of the others.
+    context: Window length in tokens (default: the model's block_size).
+    stride: Step between windows for texts longer than `context` (default: context // 2).
+    batch_size: Rows per forward pass.
+    progress: Show a progress bar on stderr.
+
+  Returns:
+    One `TextScore` per text.
+  """
+  if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    raise TypeError("texts must be a list of str")
+  context, stride = _check_context(lm, context, stride)
+  prefix = _prefix(lm)
+  requests, owner = [], []
+  num_tokens = []
+  for i, ids in enumerate(_tokenizer(lm).encode_batch(list(texts))):
+    stream = np.asarray(prefix + list(ids), np.int64)
+    num_targets = max(0, len(stream) - 1)
+    num_tokens.append(num_targets)
+    for begin, end, first_scored in sliding_windows(num_targets, context, stride):
+      requests.append(_Request(stream[begin:end], stream[begin + 1:end + 1], first_scored - begin))
+      owner.append(i)
+  logprob, _ = _run_requests(lm, requests, batch_size, progress)
+  totals = np.zeros(len(texts))
+  np.add.at(totals, np.asarray(owner, np.int64), logprob)
+  return [TextScore(float(totals[i]), num_tokens[i], len(text.encode("utf-8"))) for i, text in enumerate(texts)]
+
+
+def _continuation_requests(lm, pairs: Sequence[tuple[str, str]], where: Sequence[str]
+                           ) -> tuple[list[_Request], int]:
+  """Requests scoring each continuation given its context; contexts too long are cut on the left.
+
+  Returns the requests and how many contexts were cut.
+  """
+  tokenizer, prefix, block_size = _tokenizer(lm), _prefix(lm), lm.config.block_size
+  contexts = tokenizer.encode_batch([c for c, _ in pairs])
+  continuations = tokenizer.encode_batch([c for _, c in pairs])
+  requests, num_truncated = [], 0
+  for context_ids, continuation_ids, (_, continuation), label in zip(contexts, continuations, pairs, where):
+    if not continuation_ids:
+      raise ValueError(f"{label}: the text to score {continuation!r} has no tokens")
+    if len(continuation_ids) > block_size:
+      raise ValueError(f"{label}: the text to score has {len(continuation_ids)} tokens, more than the model's "
+                       f"context block_size={block_size}")
+    stream = np.asarray(prefix + context_ids + continuation_ids, np.int64)
+    if len(stream) - 1 > block_size:
+      stream = stream[len(stream) - 1 - block_size:]  # Keep the context's last tokens, as a reader would.
+      num_truncated += 1
+    requests.append(_Request(stream[:-1], stream[1:], len(stream) - 1 - len(continuation_ids)))
+  return requests, num_truncated
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tasks.
+
+
+def perplexity(lm, documents: Sequence[str], *, context: Optional[int] = None, stride: Optional[int] = None,
+               join: str = "documents", batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> dict:
+  """Token perplexity, bits per byte and word perplexity of `documents` with a sliding window.
+
+  Args:
+    lm: A `gptjax.LanguageModel` with a tokenizer.
+    documents: Texts. `join='concat'` reads them as consecutive pieces of one text (e.g. files of a corpus
+      split anywhere); `join='documents'` scores each alone, its first token given `<|endoftext|>`.
+    context: Window length in tokens (default: the model's block_size; 1024 for GPT-2).
+    stride: Step between windows (default: context // 2). stride == context gives independent chunks.
+    join: 'concat' or 'documents' (above).
+    batch_size: Rows per forward pass.
+    progress: Show a progress bar on stderr.
+
+  Returns:
+    A dict: `metrics` (token_perplexity, bits_per_byte, word_perplexity, nll_per_token), `counts` (documents,
+    tokens, bytes, words) and `settings` (context, stride, join, first_token).
+  """
+  if join not in JOINS:
+    raise ValueError(f"join must be one of {JOINS}, got {join!r}")
+  documents = list(documents)
+  if not documents or not any(documents):
+    raise ValueError(f"Nothing to evaluate: {len(documents)} documents, all empty" if documents else
+                     "Nothing to evaluate: the dataset has no documents")
+  context, stride = _check_context(lm, context, stride)
+  texts = ["".join(documents)] if join == "concat" else [d for d in documents if d]
+  scores = score_texts(lm, texts, context=context, stride=stride, batch_size=batch_size, progress=progress)
+  logprob = sum(s.logprob for s in scores)
+  num_tokens, num_bytes = sum(s.num_tokens for s in scores), sum(s.num_bytes for s in scores)
+  num_words = sum(len(t.split()) for t in texts)  # On the joined text: a word cut between two files counts once.
+  if num_tokens == 0:
+    raise ValueError("Nothing to evaluate: the text has no scored tokens (a one-token text with a tokenizer that "
+                     "has no <|endoftext|> to predict the first token from)")
+  nll = -logprob
+  return {
+      "metrics": {
+          "token_perplexity": math.exp(nll / num_tokens),
+          "bits_per_byte": nll / math.log(2) / num_bytes,
+          "word_perplexity": math.exp(nll / num_words) if num_words else None,  # None: JSON has no NaN.
+          "nll_per_token": nll / num_tokens,
+      },
+      "counts": {"documents": len(documents), "tokens": num_tokens, "bytes": num_bytes, "words": num_words},
+      "settings": {"context": context, "stride": stride, "join": join, "first_token": _first_token_rule(lm)},
+  }
+
+
+def _first_token_rule(lm) -> str:
+  return ("scored given <|endoftext|>" if _prefix(lm) else
+          "not scored (the tokenizer has no <|endoftext|> to predict it from)")
+
+
+def lambada(lm, passages: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+            where: Optional[Sequence[str]] = None) -> dict:
+  """LAMBADA: predict each passage's last word from the rest.
+
+  The passage (trailing whitespace removed) is cut at its last space: context = the text before it, target =
+  " " + last word. `acc` counts a passage right when greedy decoding from the context reproduces every token of
+  the target (teacher-forced argmax at each target token); `ppl` = exp(-mean log p(target | context)), a
+  per-word perplexity since each target is one word. Contexts longer than the model are cut on the left.
+
+  Args:
+    lm: A `gptjax.LanguageModel` with a tokenizer.
+    passages: Texts whose last word is the target.
+    batch_size: Rows per forward pass.
+    progress: Show a progress bar on stderr.
+    where: Optional names of the passages for error messages (e.g. 'file.jsonl line 7').
+
+  Returns:
+    A dict with `metrics` (acc, ppl), `counts` (examples, truncated) and `settings`.
+  """
+  passages = list(passages)
+  if not passages:
+    raise ValueError("Nothing to evaluate: the dataset has no passages")
+  where = list(where) if where is not None else [f"passage {i}" for i in range(len(passages))]
+  pairs = []
+  for passage, label in zip(passages, where):
+    context, space, word = passage.rstrip().rpartition(" ")
+    if not space or not context.strip() or not word:
+      raise ValueError(f"{label}: a LAMBADA passage needs a context, a space and a last word; got {passage!r:.80}")
+    pairs.append((context, " " + word))
+  requests, num_truncated = _continuation_requests(lm, pairs, where)
+  logprob, greedy = _run_requests(lm, requests, batch_size, progress)
+  return {
+      "metrics": {"acc": float(greedy.mean()), "ppl": math.exp(-float(logprob.mean()))},
+      "counts": {"examples": len(passages), "truncated": num_truncated},
+      "settings": {"target": "last space-separated word, with its leading space",
+                   "acc": "greedy decode reproduces every target token",
+                   "first_token": _first_token_rule(lm), "long_context": "cut on the left"},
+  }
+
+
+def multiple_choice(lm, examples: Sequence[dict], *, separator: str = " ", batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: bool = False, where: Optional[Sequence[str]] = None) -> dict:
+  """HellaSwag / Story Cloze style: pick the ending the model finds most likely after the context.
+
+  Each ending e is scored as log p(separator + e | context). `acc` picks the largest summed log-probability;
+  `acc_norm` the largest log-probability per UTF-8 byte of `separator + e` (longer endings are not penalised for
+  their length). Contexts longer than the model are cut on the left.
+
+  Args:
+    lm: A `gptjax.LanguageModel` with a tokenizer.
+    examples: Dicts with `context` (str), `endings` (list of str) and `label` (index of the right ending).
+    separator: Put between the context and each ending.
+    batch_size: Rows per forward pass.
+    progress: Show a progress bar on stderr.
+    where: Optional names of the examples for error messages.
+
+  Returns:
+    A dict with `metrics` (acc, acc_norm), `counts`, `settings` and `scores` (per example, the ending
+    log-probabilities).
+  """
+  examples = list(examples)
+  if not examples:
+    raise ValueError("Nothing to evaluate: the dataset has no examples")
+  where = list(where) if where is not None else [f"example {i}" for i in range(len(examples))]
+  for example, label in zip(examples, where):
+    check_choice_example(example, label)
+  pairs, pair_where = [], []
+  for example, label in zip(examples, where):
+    for j, ending in enumerate(example["endings"]):
+      pairs.append((example["context"], separator + ending))
+      pair_where.append(f"{label} ending {j}")
+  requests, num_truncated = _continuation_requests(lm, pairs, pair_where)
+  logprob, _ = _run_requests(lm, requests, batch_size, progress)
+  num_bytes = np.asarray([len(c.encode("utf-8")) for _, c in pairs])
+  correct = correct_norm = 0
+  scores, start = [], 0
+  for example in examples:
+    stop = start + len(example["endings"])
+    scores.append(logprob[start:stop].tolist())
+    correct += int(np.argmax(logprob[start:stop]) == example["label"])
+    correct_norm += int(np.argmax(logprob[start:stop] / num_bytes[start:stop]) == example["label"])
+    start = stop
+  return {
+      "metrics": {"acc": correct / len(examples), "acc_norm": correct_norm / len(examples)},
+      "counts": {"examples": len(examples), "endings": len(pairs), "truncated": num_truncated},
+      "settings": {"separator": separator, "acc": "argmax of summed log-prob",
+                   "acc_norm": "argmax of log-prob per UTF-8 byte of separator + ending",
+                   "first_token": _first_token_rule(lm), "long_context": "cut on the left"},
+      "scores": scores,
+  }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One entry point for the command line and the trainer.
+
+
+def default_join(source: Optional[str]) -> str:
+  """Perplexity's join when none is given: files of a `text:` glob are pieces of one text; else documents."""
+  return "concat" if source is not None and source.startswith("text:") else "documents"
+
+
+def run_task(lm, task: str, data: Union[str, Records, Sequence], **options) -> dict:
+  """Runs one task and returns its result dict (`task`, `data`, `metrics`, `counts`, `settings`, `seconds`).
+
+  Args:
+    lm: A `gptjax.LanguageModel` with a tokenizer.
+    task: 'perplexity', 'lambada' or 'multiple_choice'.
+    data: A source string (see `load_task_data`), the `Records` it returns, or the items themselves: documents
+      (perplexity), passages (lambada) or example dicts (multiple_choice).
+    **options: The task function's keyword arguments (context, stride, join, separator, batch_size, progress),
+      `split`, `tfds_data_dir`, `field` and `val_fraction` for reading a source, and `max_examples` (keep the
+      first N; 0 or None: all). A perplexity `join` left None is 'concat' for `text:` sources and 'documents' otherwise.
+
+  Returns:
+    The task function's dict, with `task`, `data` and `seconds` added.
+  """
+  if task not in TASKS:
+    raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}")
+  read_options = {k: options.pop(k) for k in ("split", "tfds_data_dir", "field", "val_fraction") if k in options}
+  max_examples = options.pop("max_examples", None)
+  start = time.perf_counter()
+  if isinstance(data, str):
+    records = load_task_data(task, data, **read_options)
+  elif isinstance(data, Records):
+    records = data
+  else:
+    records = Records(list(data), [f"example {i}" for i in range(len(data))])
+  items, where = records.items[:max_examples or None], records.where[:max_examples or None]
+  if task == "perplexity":
+    if options.get("join") is None:
+      options["join"] = default_join(data if isinstance(data, str) else None)
+    function = perplexity
+  else:
+    function = lambada if task == "lambada" else multiple_choice
+    options["where"] = where
+  try:
+    result = function(lm, items, **options)
+  except TypeError as e:
+    if "unexpected keyword argument" not in str(e):
+      raise
+    raise ValueError(f"Task {task!r} has no option {str(e).rsplit('argument', 1)[-1].strip()}") from None
+  return {"task": task, "data": data if isinstance(data, str) else f"<{len(items)} items>", **result,
+          "seconds": round(time.perf_counter() - start, 3)}
+
+
+def format_table(result: dict) -> str:
+  """The metrics, counts and settings of a `run_task` result as aligned text."""
+  rows = [(k, _fmt(v)) for k, v in result["metrics"].items()]
+  rows += [(f"num_{k}", str(v)) for k, v in result["counts"].items()]
+  rows += [(k, str(v)) for k, v in result["settings"].items()]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"task: {result['task']}    data: {result['data']}", f"{'metric':<{width}}  value",
+           f"{'-' * width}  {'-' * 12}"]
+  return "\n".join(lines + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def _fmt(value: Optional[float]) -> str:
+  if value is None:
+    return "n/a"
+  return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.6g}"
+
+
+def write_json(result: dict, path: Union[str, os.PathLike]) -> pathlib.Path:
+  """Writes `result` to `path` (parents created)."""
+  path = pathlib.Path(path).expanduser()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=2) + "\n")
+  return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python -m gptjax.evaluate (flags are defined only here, so importing this module defines none).
+
+
+def main(argv: Sequence[str]) -> None:
+  """Loads the model, runs the task, prints the table and writes the JSON."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from gptjax.language_model import load  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  options = {"batch_size": f.batch_size, "progress": f.progress, "max_examples": f.max_examples}
+  if f.task == "perplexity":
+    options.update(context=f.context, stride=f.stride, join=f.join or default_join(f.data))
+  elif f.task == "multiple_choice":
+    options.update(separator=f.separator)
+  try:  # Bad input gets its message (what and where) and exit status 1, without a traceback.
+    # The data first: a malformed line is reported in seconds, before a large model is loaded.
+    records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
+                             val_fraction=f.val_fraction)
+    lm = load(f.model)
+    if f.tokenizer:
+      from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+      lm.tokenizer = load_tokenizer(f.tokenizer)
+    result = {"model": f.model, **run_task(lm, f.task, records, **options), "data": f.data, "split": f.split}
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"gptjax.evaluate: error: {e}")
+  print(format_table(result))
+  if f.output:
+    print(f"wrote {write_json(result, f.output)}")
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("model", None, "HF folder (save_pretrained / LanguageModel.save) or hub name.", required=True)
+  flags.DEFINE_enum("task", None, list(TASKS), "What to measure.", required=True)
+  flags.DEFINE_string("data", None, "text:<glob> | jsonl:<path> | <path>.jsonl | tfds:<name>[:<field>] | "
+                      "builtin:python (see gptjax/eval_data.py).",
+                      required=True)
+  flags.DEFINE_string("split", None, "'train'/'val': the trainer's split of the source (builtin:python: 'val'); "
+                      "another name: a TFDS split (default 'test'); unset for text:: every file.")
+  flags.DEFINE_float("val_fraction", None, "With --split=train/val: the held-out fraction of the trainer's config.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+  flags.DEFINE_string("field", None, "Text field for perplexity/lambada (default: 'text' in JSONL, the only "
+                      "string feature in TFDS).")
+  flags.DEFINE_integer("context", None, "perplexity: window length in tokens (default: the model's block_size).")
+  flags.DEFINE_integer("stride", None, "perplexity: step between windows (default: context // 2).")
+  flags.DEFINE_enum("join", None, list(JOINS), "perplexity: 'concat' reads the documents as one text (default for "
+                    "text:), 'documents' scores each alone (default otherwise).")
+  flags.DEFINE_string("separator", " ", "multiple_choice: put between the context and each ending.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer folder or name, when the model folder has none.")
+  flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Rows per forward pass.")
+  flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N documents/examples (0: all).")
+  flags.DEFINE_string("output", "eval_results.json", "Where to write the JSON result ('' to skip).")
+  flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
