@@ -184,6 +184,8 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
       config, params, _ = checkpoint.load_workdir(path)
       return LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
   # --- end of gptjax run folders. ---
+  if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir (gptjax.finetune): its best model.
+    path = path / "best"
   if path.is_dir():
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)

@@ -9,7 +9,6 @@ stdout): `{"label": ..., "probabilities": {...}}`, `{"score": ...}` (regression)
 """
 
 import json
-import pathlib
 import sys
 
 import numpy as np
@@ -28,13 +27,10 @@ flags.DEFINE_string("split", "validation", "TFDS split when --data names none.")
 def main(argv):
   del argv
   import gptjax  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(FLAGS.model).expanduser()
-  if not (path / finetune.SPEC_FILE).exists() and (path / "best" / finetune.SPEC_FILE).exists():
-    path = path / "best"  # A fine-tuning workdir: use its best model.
-  model = gptjax.load(path)
+  model = gptjax.load(FLAGS.model)  # A fine-tuning workdir loads its best model.
   if model.head is None:
-    raise app.UsageError(f"{path} holds no fine-tuned task head ({finetune.SPEC_FILE}): it is a plain language "
-                         "model; fine-tune it first")
+    raise app.UsageError(f"{FLAGS.model} holds no fine-tuned task head ({finetune.SPEC_FILE}): it is a plain "
+                         "language model; fine-tune it first")
   records = finetune.read_records(FLAGS.data, default_split=FLAGS.split)
   spec = model.head.spec
   labelled = all(spec.label_field in record for _, record in records)

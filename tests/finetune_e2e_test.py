@@ -142,7 +142,8 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
   predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
   assert len(predictions) == 200
 
-  # 6. And in Python: gptjax.load restores the head; classify agrees with the CLI.
-  model = gptjax.load(work / "best")
+  # 6. And in Python: gptjax.load restores the head (a fine-tuning workdir loads its best model); classify agrees
+  # with the CLI.
+  model = gptjax.load(work)
   texts = [r["text"] for r in rows if r["split"] == "val"][:8]
   assert model.classify(texts) == [p["label"] for p in predictions[:8]]
