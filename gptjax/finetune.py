@@ -483,6 +483,9 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
 
   read = functools.partial(read_records, tfds_data_dir=ft.tfds_data_dir or None, download=ft.download)
   train_records, val_records = read(ft.train_data, default_split="train"), read(ft.val_data, default_split="validation")
+  for name, records in ((ft.train_data, train_records), (ft.val_data, val_records)):
+    if not records:
+      raise ValueError(f"{name} has no examples")
   spec = resolve_spec(spec, train_records)
   train_data = encode_records(spec, tokenizer, ids, train_records, max_length)
   val_data = encode_records(spec, tokenizer, ids, val_records, max_length)
