@@ -43,4 +43,5 @@ def get_config():
   config.train.eval_every = 100
   config.eval.batch_size = 16
   config.eval.num_batches = 10  # The same 20k validation tokens at every evaluation.
+  config.eval.tasks = "perplexity"  # At the end: perplexity and bits per byte of the whole validation text.
   return config
