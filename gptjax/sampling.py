@@ -7,8 +7,9 @@ Three layers, bottom up:
 2. The loop: `decode` / `decode_stream` know nothing of the model. Any function
    `tokens_to_logits(params, tokens_BL, mask_BL, cache) -> (logits_BV of the last position, new cache)` drives them
    (`model_tokens_to_logits(config)` adapts `gptjax.model.GPT`; tests drive the loop with hand-written functions of
-   known distribution). A whole generation is one compiled program: prefill, first token, then `lax.while_loop` until
-   every row has stopped or `max_new_tokens` tokens exist. Programs are cached by jit on (shapes, static strategy):
+   known distribution). A whole generation is one compiled program: the prefill, then a `lax.while_loop` that
+   chooses a token and feeds it, until every row has stopped or has `max_new_tokens` tokens. Streaming runs the
+   same prefill and loop body as two programs. Programs are cached by jit on (shapes, static strategy):
    temperature, top-k, top-p, penalty, seed and `max_new_tokens` are traced values, so changing them does not
    recompile; only switching a filter on or off does. `trace_counts()` makes compilations observable.
 3. Requests (`generate`, `stream`, behind `LanguageModel.generate` / `.stream`): validation, tokenisation, bucketing
@@ -29,6 +30,7 @@ import codecs
 import collections
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -71,13 +73,14 @@ class SamplingParams:
   def validate(self, vocab_size: int) -> None:
     """Raises ValueError naming the first parameter outside its range."""
     t, k, p, r = self.temperature, self.top_k, self.top_p, self.repetition_penalty
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not t >= 0 or t == float("inf"):
+    real = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool)
+    if not real(t) or not 0 <= t < float("inf"):
       raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= vocab_size:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 0 <= k <= vocab_size:
       raise ValueError(f"top_k must be an integer in [0, vocab_size={vocab_size}] (0 = off), got {k!r}")
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
+    if not real(p) or not 0 < p <= 1:
       raise ValueError(f"top_p must be in (0, 1] (1 = off), got {p!r}")
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r < float("inf"):
+    if not real(r) or not 0 < r < float("inf"):
       raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
 
   def flags(self) -> "Flags":
@@ -85,10 +88,11 @@ class SamplingParams:
     return Flags(greedy=greedy, top_k=not greedy and self.top_k > 0, top_p=not greedy and self.top_p < 1,
                  penalty=self.repetition_penalty != 1)
 
-  def values(self) -> dict[str, jax.Array]:
-    """The traced values: changing them reuses the compiled program."""
-    return dict(temperature=jnp.float32(self.temperature), top_k=jnp.int32(self.top_k),
-                top_p=jnp.float32(self.top_p), repetition_penalty=jnp.float32(self.repetition_penalty))
+  def values(self, vocab_limit: Optional[int] = None) -> dict[str, np.generic]:
+    """The traced values (changing them reuses the compiled program); ids >= `vocab_limit` are never chosen."""
+    return dict(temperature=np.float32(self.temperature), top_k=np.int32(self.top_k),
+                top_p=np.float32(self.top_p), repetition_penalty=np.float32(self.repetition_penalty),
+                vocab_limit=np.int32(np.iinfo(np.int32).max if vocab_limit is None else vocab_limit))
 
 
 class Flags(NamedTuple):
@@ -175,6 +179,10 @@ def choose_tokens(keys_B, logits_BV, values: dict, flags: Flags, context_BT=None
   Returns:
     int32 [B] token ids.
   """
+  # A model's embedding may have more rows than its tokenizer has tokens (nanoGPT pads GPT-2's 50257 to 50304):
+  # ids the tokenizer cannot decode are never chosen.
+  V = logits_BV.shape[-1]
+  logits_BV = jnp.where(jnp.arange(V) < values["vocab_limit"], logits_BV, _NEG_INF)
   if flags.penalty:
     logits_BV = apply_repetition_penalty(logits_BV, context_BT, valid_BT, values["repetition_penalty"])
   if flags.greedy:
@@ -283,23 +291,40 @@ def _decode_steps(tokens_to_logits, params, state: DecodeState, stop_BSL, values
   return jax.lax.while_loop(cond, body, state)
 
 
-@functools.partial(jax.jit, static_argnames=("tokens_to_logits", "flags", "buffer_length"),
+def _split_cache(cache):
+  """(arrays, None) for a concrete cache; (None, static spec) for one of `jax.ShapeDtypeStruct`s."""
+  leaves, treedef = jax.tree.flatten(cache)
+  if leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+    return None, (treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves))
+  return cache, None
+
+
+def _materialize(cache, cache_spec):
+  """An abstract cache becomes zeros inside the program: no host-side allocation or transfer per request."""
+  if cache_spec is None:
+    return cache
+  treedef, leaves = cache_spec
+  return jax.tree.unflatten(treedef, [jnp.zeros(shape, dtype) for shape, dtype in leaves])
+
+
+@functools.partial(jax.jit, static_argnames=("tokens_to_logits", "flags", "buffer_length", "cache_spec"),
                    donate_argnames=("cache",))
 def _generate_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, stop_BSL, values, max_new_tokens,
-                      *, flags, buffer_length):
+                      *, flags, buffer_length, cache_spec):
   _TRACES["generate"] += 1
-  state = _prefill(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, flags=flags,
-                   buffer_length=buffer_length)
+  state = _prefill(tokens_to_logits, params, _materialize(cache, cache_spec), prompt_BP, mask_BP, keys_B,
+                   flags=flags, buffer_length=buffer_length)
   # The cache is returned (and dropped by the caller) so that the donated input buffers can hold the loop's cache.
   return _decode_steps(tokens_to_logits, params, state, stop_BSL, values, max_new_tokens,
                        prompt_len=prompt_BP.shape[1], flags=flags)
 
 
-@functools.partial(jax.jit, static_argnames=("tokens_to_logits", "flags", "buffer_length"),
+@functools.partial(jax.jit, static_argnames=("tokens_to_logits", "flags", "buffer_length", "cache_spec"),
                    donate_argnames=("cache",))
-def _prefill_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, *, flags, buffer_length):
+def _prefill_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, *, flags, buffer_length,
+                     cache_spec):
   _TRACES["stream_prefill"] += 1
-  return _prefill(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, flags=flags,
+  return _prefill(tokens_to_logits, params, _materialize(cache, cache_spec), prompt_BP, mask_BP, keys_B, flags=flags,
                   buffer_length=buffer_length)
 
 
@@ -340,14 +365,15 @@ def _no_stops(batch: int) -> np.ndarray:
 
 def decode(tokens_to_logits: TokensToLogits, params, cache, prompt_BP, mask_BP, keys_B, max_new_tokens: int,
            sampling: SamplingParams = SamplingParams(), stop_BSL=None, *, buffer_length: Optional[int] = None,
-           record_logits: bool = False) -> DecodeResult:
+           vocab_limit: Optional[int] = None, record_logits: bool = False) -> DecodeResult:
   """Generates up to `max_new_tokens` tokens per row in one compiled program.
 
   Args:
     tokens_to_logits: `(params, tokens_BL, mask_BL, cache) -> (logits_BV at the last position, cache)`. Must be the
       same Python object across calls for the compiled program to be reused.
     params: Passed to `tokens_to_logits` (a traced argument, not baked into the program).
-    cache: Its initial (empty) cache, with room for P + buffer_length - 1 tokens; donated.
+    cache: Its initial (empty) cache, with room for P + buffer_length tokens: arrays (donated), or a tree of
+      `jax.ShapeDtypeStruct`s for an all-zeros cache made inside the program.
     prompt_BP: int prompts, left-padded.
     mask_BP: bool, True at real prompt tokens. Each row needs at least one, in the last column.
     keys_B: One PRNG key per row.
@@ -355,17 +381,20 @@ def decode(tokens_to_logits: TokensToLogits, params, cache, prompt_BP, mask_BP, 
     sampling: The strategy.
     stop_BSL: Optional int stop sequences per row, right-aligned, padded with -1 (see `stop_array`).
     buffer_length: Static room for generated tokens (default `max_new_tokens`); bucket it to avoid recompiles.
+    vocab_limit: Only ids below it are chosen (e.g. the tokenizer's size); default: all.
     record_logits: Also return the raw model logits of every step (for tests and debugging).
 
   Returns:
     A `DecodeResult`.
   """
   buffer_length = _check_buffer(max_new_tokens, buffer_length)
-  prompt_BP, mask_BP = jnp.asarray(prompt_BP, jnp.int32), jnp.asarray(mask_BP, jnp.bool_)
-  stop_BSL = jnp.asarray(_no_stops(prompt_BP.shape[0]) if stop_BSL is None else stop_BSL, jnp.int32)
+  prompt_BP, mask_BP = np.asarray(prompt_BP, np.int32), np.asarray(mask_BP, bool)
+  stop_BSL = np.asarray(_no_stops(prompt_BP.shape[0]) if stop_BSL is None else stop_BSL, np.int32)
   flags = sampling.flags()._replace(record_logits=record_logits)
-  state = _generate_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, stop_BSL, sampling.values(),
-                            jnp.int32(max_new_tokens), flags=flags, buffer_length=buffer_length)
+  cache, cache_spec = _split_cache(cache)
+  state = _generate_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, stop_BSL,
+                            sampling.values(vocab_limit), np.int32(max_new_tokens), flags=flags, buffer_length=buffer_length,
+                            cache_spec=cache_spec)
   P = prompt_BP.shape[1]
   context_BT, num_tokens_B, done_B = jax.device_get((state.context_BT, state.num_tokens_B, state.done_B))
   return DecodeResult(tokens_BN=np.asarray(context_BT[:, P:]), num_tokens_B=np.asarray(num_tokens_B),
@@ -374,8 +403,8 @@ def decode(tokens_to_logits: TokensToLogits, params, cache, prompt_BP, mask_BP, 
 
 
 def decode_stream(tokens_to_logits: TokensToLogits, params, cache, prompt_BP, mask_BP, keys_B, max_new_tokens: int,
-                  sampling: SamplingParams = SamplingParams(), stop_BSL=None, *,
-                  buffer_length: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                  sampling: SamplingParams = SamplingParams(), stop_BSL=None, *, buffer_length: Optional[int] = None,
+                  vocab_limit: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """`decode`, one step at a time: yields `(tokens_B, live_B, done_B)` after each step.
 
   `live_B` marks rows whose token is real (they had not stopped before this step); `done_B` rows have now stopped.
@@ -383,16 +412,17 @@ def decode_stream(tokens_to_logits: TokensToLogits, params, cache, prompt_BP, ma
   tokens are the same. Stopping the iteration early stops the computation.
   """
   buffer_length = _check_buffer(max_new_tokens, buffer_length)
-  prompt_BP, mask_BP = jnp.asarray(prompt_BP, jnp.int32), jnp.asarray(mask_BP, jnp.bool_)
-  stop_BSL = jnp.asarray(_no_stops(prompt_BP.shape[0]) if stop_BSL is None else stop_BSL, jnp.int32)
+  prompt_BP, mask_BP = np.asarray(prompt_BP, np.int32), np.asarray(mask_BP, bool)
+  stop_BSL = np.asarray(_no_stops(prompt_BP.shape[0]) if stop_BSL is None else stop_BSL, np.int32)
   flags = sampling.flags()
-  values = sampling.values()
+  values = sampling.values(vocab_limit)
   P = prompt_BP.shape[1]
+  cache, cache_spec = _split_cache(cache)
   state = _prefill_program(tokens_to_logits, params, cache, prompt_BP, mask_BP, keys_B, flags=flags,
-                           buffer_length=buffer_length)
+                           buffer_length=buffer_length, cache_spec=cache_spec)
   done_B = np.zeros(prompt_BP.shape[0], bool)
   for step in range(1, max_new_tokens + 1):
-    state = _decode_program(tokens_to_logits, params, state, stop_BSL, values, jnp.int32(step), flags=flags,
+    state = _decode_program(tokens_to_logits, params, state, stop_BSL, values, np.int32(step), flags=flags,
                             prompt_len=P)
     live_B = ~done_B
     token_B, done_B = map(np.asarray, jax.device_get((state.context_BT[:, P + step - 1], state.done_B)))
@@ -562,7 +592,8 @@ class _Request:
   text: bool
   token_stops: list[list[list[int]]]
   string_stops: list[list[str]]
-  keys_R: jax.Array
+  seed: int
+  num_samples: int
 
 
 def _is_ids(x) -> bool:
@@ -622,11 +653,10 @@ def _prepare(lm, prompts, max_new_tokens, sampling: SamplingParams, seed, stop, 
   per_prompt = _stops_per_prompt(stop, len(prompts), text, tokenizer)
   eos_stop = [[eos_id]] if stop_at_eos and eos_id is not None else []
   rows = [p for p in prompts for _ in range(num_samples)]
-  prompt_index, sample_index = np.divmod(np.arange(len(rows)), num_samples)
   token_stops = [eos_stop + per_prompt[i][0] for i in range(len(prompts)) for _ in range(num_samples)]
   string_stops = [per_prompt[i][1] for i in range(len(prompts)) for _ in range(num_samples)]
-  return _Request(rows=rows, text=text, token_stops=token_stops, string_stops=string_stops,
-                  keys_R=row_keys(seed, prompt_index, sample_index))
+  return _Request(rows=rows, text=text, token_stops=token_stops, string_stops=string_stops, seed=int(seed),
+                  num_samples=int(num_samples))
 
 
 @jax.jit
@@ -663,7 +693,8 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
       elif _is_ids(item) and len(item):
         sequences.append([int(t) for t in item])
       else:
-        raise ValueError(f"{where}: a stop must be a non-empty string or token-id list, got {item!r}")
+        raise ValueError(f"{where}: a stop must be a non-empty string or token-id list, got {item!r} (per-prompt "
+                         f"stops need one list or None per prompt: {num_prompts} here)")
     return sequences, strings
 
   if (isinstance(stop, (list, tuple)) and len(stop) == num_prompts and stop
@@ -674,7 +705,8 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
 
 
 def _strip_token_stop(ids: list[int], stops: Sequence[Sequence[int]]) -> list[int]:
-  for seq in stops:
+  """`ids` without the stop sequence it ends with (the longest, which began first, when several match)."""
+  for seq in sorted(stops, key=len, reverse=True):
     if seq and len(ids) >= len(seq) and ids[len(ids) - len(seq):] == list(seq):
       return ids[:len(ids) - len(seq)]
   return ids
@@ -692,15 +724,20 @@ def _batch_arrays(lm, request: _Request, max_new_tokens: int):
     row = request.rows[b if b < R else 0]
     prompt_BP[b, P - len(row):] = row
     mask_BP[b, P - len(row):] = True
-  keys_B = jnp.concatenate([request.keys_R, jnp.repeat(request.keys_R[:1], B - R)])
+  # Padding rows repeat row 0, key included.
+  prompt_index_B, sample_index_B = np.divmod(np.where(np.arange(B) < R, np.arange(B), 0), request.num_samples)
+  keys_B = row_keys(request.seed, prompt_index_B, sample_index_B)
   stops = request.token_stops + [request.token_stops[0]] * (B - R)
-  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), _cache_shapes(lm.config, B, T))
-  return prompt_BP, mask_BP, keys_B, stop_array(stops), cache, T - P
+  return prompt_BP, mask_BP, keys_B, stop_array(stops), _cache_shapes(lm.config, B, T), T - P
 
 
 @functools.lru_cache(maxsize=64)
 def _cache_shapes(config: ModelConfig, batch_size: int, max_length: int):
   return jax.eval_shape(lambda: init_cache(config, batch_size, max_length))
+
+
+def _vocab_limit(lm) -> Optional[int]:
+  return None if lm.tokenizer is None else lm.tokenizer.vocab_size
 
 
 def generate(lm, prompts, max_new_tokens: int, sampling: SamplingParams = SamplingParams(), *, seed: int = 0,
@@ -710,7 +747,7 @@ def generate(lm, prompts, max_new_tokens: int, sampling: SamplingParams = Sampli
   request = _prepare(lm, prompts, max_new_tokens, sampling, seed, stop, num_samples, stop_at_eos, truncate_prompt)
   prompt_BP, mask_BP, keys_B, stop_BSL, cache, buffer_length = _batch_arrays(lm, request, max_new_tokens)
   result = decode(model_tokens_to_logits(lm.config), lm.params, cache, prompt_BP, mask_BP, keys_B, max_new_tokens,
-                  sampling, stop_BSL, buffer_length=buffer_length)
+                  sampling, stop_BSL, buffer_length=buffer_length, vocab_limit=_vocab_limit(lm))
   outputs, reasons = [], []
   for r, row in enumerate(request.rows):
     ids = result.tokens_BN[r, :result.num_tokens_B[r]].tolist()
@@ -739,7 +776,7 @@ def stream(lm, prompt, max_new_tokens: int, sampling: SamplingParams = SamplingP
   text = TextStream(lm.tokenizer, request.rows[0], request.string_stops[0]) if request.text else None
   pending: list[int] = []
   steps = decode_stream(model_tokens_to_logits(lm.config), lm.params, cache, prompt_BP, mask_BP, keys_B,
-                        max_new_tokens, sampling, stop_BSL, buffer_length=buffer_length)
+                        max_new_tokens, sampling, stop_BSL, buffer_length=buffer_length, vocab_limit=_vocab_limit(lm))
   for token_B, _, done_B in steps:
     pending.append(int(token_B[0]))
     if done_B[0]:

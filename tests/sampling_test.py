@@ -55,9 +55,10 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def text_lm(bpe):
-  # Tests on this model keep to a few shapes (prompts <= 8 tokens, 12-16 new tokens, batches of 1, 2 or 4) and
-  # strategies, so that they share compiled programs: compiling is most of this file's time.
-  config = dataclasses.replace(TINY, vocab_size=bpe.vocab_size, block_size=64, num_layers=1)
+  # Tests on this model keep to a few shapes (prompts <= 8 tokens, 12-16 new tokens, batches of 1 or 4) and
+  # strategies, so that they share compiled programs: compiling is most of this file's time. Its embedding has 20
+  # more rows than the tokenizer has tokens, as nanoGPT pads GPT-2's: those ids must never be sampled.
+  config = dataclasses.replace(TINY, vocab_size=bpe.vocab_size + 20, block_size=64, num_layers=1)
   return _lm(config, bpe, scale=8.0)
 
 
@@ -299,6 +300,8 @@ def test_stop_strings_cut_the_text_and_token_stops_cut_ids(text_lm):
   stop = full[3:5]
   cut = full[:full.find(stop)]
   assert text_lm.generate(["Hello"], 14, stop=stop, **kwargs) == [cut]
+  assert S.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
+                    return_finish_reasons=True) == ([cut], ["stop"])
   assert "".join(text_lm.stream("Hello", 14, stop=stop, **kwargs)) == cut
   # One stop list per prompt: only the first prompt has one.
   four = text_lm.generate(["Hello"] * 4, 14, **kwargs)
@@ -358,8 +361,9 @@ def test_stream_yields_the_generated_text(text_lm):
   for prompt, seed in [("Hello", 4), ("日本", 1), (None, 0)]:
     pieces = list(text_lm.stream(prompt, 14, **SAMPLE, seed=seed))
     assert "".join(pieces) == text_lm.generate(None if prompt is None else [prompt], 14, **SAMPLE, seed=seed)[0]
-  ids = [t for piece in text_lm.stream([3, 4, 5], 14, **SAMPLE) for t in piece]
-  assert ids == text_lm.generate([[3, 4, 5]], 14, **SAMPLE)[0]
+  ids = [t for piece in text_lm.stream([3, 4, 5], 14, **SAMPLE, stop_at_eos=False) for t in piece]
+  assert ids == text_lm.generate([[3, 4, 5]], 14, **SAMPLE, stop_at_eos=False)[0]
+  assert len(ids) == 14 and max(ids) < text_lm.tokenizer.vocab_size < text_lm.config.vocab_size
 
 
 # ----- Bad input. ----------------------------------------------------------------------------------------------------
