@@ -14,14 +14,30 @@ Times are medians of `--repeats` calls after a warm-up call; gptjax's compile ti
 At batch 1 the loop reads every parameter once per token, so per-token time >= parameter bytes / memory bandwidth;
 on a GPU whose bandwidth is known (or with --hbm_gbps) the fraction of that bound reached is printed.
 
-Measured on the 2-core shared CPU of the development machine (jax 0.10.2 CPU, torch 2.13 CPU, float32; other jobs
-were running, so treat the figures as rough):
+Measured on the development machine: 2 CPU cores shared with other jobs (load average 4-6 during the runs), no
+GPU, jax 0.10.2 CPU, torch 2.13 CPU, float32. With torch's default 2 threads the oversubscribed CPU made HF 5-30x
+slower still (a 0.6M-parameter forward took 220 ms instead of 13-35 ms), so HF ran with --torch_threads=1. Rough
+figures: the load changed between runs.
 
-  Small shape (--layers=2 --heads=4 --width=128 --vocab=1000 --context=256 --prompt_len=32 --new_tokens=16):
-    MEASURED_SMALL
+  python experiments/bench_decode.py --layers=2 --heads=4 --width=128 --vocab=1000 --context=256 --prompt_len=32 \
+      --new_tokens=16 --repeats=3 --torch_threads=1
+  batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
+                                         gptjax /  HF         gptjax /  HF
+      1 |       1612.8 |     199.1 |  8.10 |       2.7 / 6.9     |      0.35 / 4.75    |       9.9
+      8 |       3445.4 |    1464.3 |  2.35 |      10.3 / 16.5    |      1.48 / 4.69    |       8.9
+     64 |       4274.7 |    3856.4 |  1.11 |      79.6 / 128.2   |      9.52 / 10.55   |       6.3
 
-  GPT-2 small shape, batch 1 and 8 (--batch_sizes=1,8 --prompt_len=32 --new_tokens=8 --repeats=2):
-    MEASURED_GPT2
+  python experiments/bench_decode.py --batch_sizes=1,8 --prompt_len=32 --new_tokens=8 --repeats=2 --torch_threads=1
+  (GPT-2 small shape, 124.4M parameters)
+  batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
+                                         gptjax /  HF         gptjax /  HF
+      1 |          5.5 |       4.5 |  1.22 |     815.8 / 732.9   |     82.19 / 156.87  |      19.5
+      8 |          8.9 |       7.9 |  1.13 |    4508.9 / 4763.8  |    329.62 / 591.03  |      22.1
+  batch 1 reads 498 MB of parameters per token: 82 ms/token is ~6 GB/s, on a CPU whose bandwidth is not known here.
+
+At small shapes HF's per-step Python overhead (logits processors, stopping criteria, cache objects) dominates and the
+one-program loop wins by 2-8x; at GPT-2 small on this CPU both are bound by the matmuls, and the loop's per-token
+step is still ~2x faster. No GPU was lent to this task, so the memory-bandwidth fraction is not measured yet.
 """
 
 from __future__ import annotations
