@@ -111,6 +111,7 @@ def main(argv):
 
   import gptjax  # pylint: disable=g-import-not-at-top
   from gptjax import model as M  # pylint: disable=g-import-not-at-top
+  from gptjax import generation  # pylint: disable=g-import-not-at-top
   from gptjax import sampling  # pylint: disable=g-import-not-at-top
 
   prompt_len, new_tokens, repeats = _PROMPT_LEN.value, _NEW_TOKENS.value, _REPEATS.value
@@ -145,7 +146,7 @@ def main(argv):
   for batch in map(int, _BATCH_SIZES.value):
     ids = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, prompt_len))
     prompts = ids.tolist()
-    cache = M.init_cache(config, batch, sampling.bucket_lengths(prompt_len, new_tokens, config.block_size)[1])
+    cache = M.init_cache(config, batch, generation.bucket_lengths(prompt_len, new_tokens, config.block_size)[1])
     tokens, mask = jnp.asarray(ids, jnp.int32), jnp.ones(ids.shape, bool)
     fns = {
         "ours_total": lambda: lm.generate(prompts, new_tokens, temperature=0, stop_at_eos=False),

@@ -87,7 +87,7 @@ class LanguageModel:
       raise ValueError(f"attention_mask shape {mask.shape} does not match token_ids shape {ids.shape}")
     return np.asarray(self._forward(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
 
-  # ----- Decoding (branch `sample`; the work is in gptjax/sampling.py) ---------------------------------------------
+  # ----- Decoding (branch `sample`; the work is in gptjax/generation.py and gptjax/sampling.py) --------------------
 
   def generate(self, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: int = 0, stop=None, num_samples: int = 1,
@@ -135,9 +135,9 @@ class LanguageModel:
       ValueError: an empty or overlong prompt, an id outside the vocabulary, or a parameter outside its range (the
         message names it).
     """
-    from gptjax import sampling  # pylint: disable=g-import-not-at-top
-    params = sampling.SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    return sampling.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
+    from gptjax import generation  # pylint: disable=g-import-not-at-top
+    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return generation.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
                              stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
 
   def stream(self, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -150,9 +150,9 @@ class LanguageModel:
     show a prefix of a stop string that then completes. Id prompts yield lists of new ids. Breaking out of the loop
     stops the computation.
     """
-    from gptjax import sampling  # pylint: disable=g-import-not-at-top
-    params = sampling.SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    return sampling.stream(self, prompt, max_new_tokens, params, seed=seed, stop=stop, stop_at_eos=stop_at_eos,
+    from gptjax import generation  # pylint: disable=g-import-not-at-top
+    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return generation.stream(self, prompt, max_new_tokens, params, seed=seed, stop=stop, stop_at_eos=stop_at_eos,
                            truncate_prompt=truncate_prompt)
 
   # ----- End of decoding ---------------------------------------------------------------------------------------------

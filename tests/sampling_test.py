@@ -19,6 +19,7 @@ from transformers.generation import logits_process
 
 import assets
 import gptjax
+from gptjax import generation as G
 from gptjax import model as M
 from gptjax import sampling as S
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
@@ -286,7 +287,7 @@ def test_new_prompt_lengths_reuse_the_compiled_program():
 
 def test_prompt_buckets_respect_the_context():
   for prompt_len, new, block in [(3, 4, 32), (9, 4, 32), (20, 12, 32), (1, 31, 32), (31, 1, 32), (100, 400, 1024)]:
-    P, T = S.bucket_lengths(prompt_len, new, block)
+    P, T = G.bucket_lengths(prompt_len, new, block)
     assert prompt_len <= P and T <= block and T - P >= new
 
 
@@ -300,7 +301,7 @@ def test_stop_strings_cut_the_text_and_token_stops_cut_ids(text_lm):
   stop = full[3:5]
   cut = full[:full.find(stop)]
   assert text_lm.generate(["Hello"], 14, stop=stop, **kwargs) == [cut]
-  assert S.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
+  assert G.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
                     return_finish_reasons=True) == ([cut], ["stop"])
   assert "".join(text_lm.stream("Hello", 14, stop=stop, **kwargs)) == cut
   # One stop list per prompt: only the first prompt has one.
@@ -331,7 +332,7 @@ def test_text_stream_never_splits_a_character_with_the_gpt2_vocabulary():
   tokenizer = load_tokenizer(assets.gpt2_vocab_dir())
   text = "emoji 😀👍🏽 family 👨‍👩‍👧‍👦 日本語のテキスト 中文 Ångström"
   ids = tokenizer.encode(text)
-  stream = S.TextStream(tokenizer)
+  stream = G.TextStream(tokenizer)
   pieces = [stream.push([i]) for i in ids] + [stream.finish()]
   assert "".join(pieces) == text
   assert not any("\ufffd" in p for p in pieces)
@@ -344,12 +345,12 @@ def test_text_stream_equals_decoding_at_once(kind, bpe):
   rng = np.random.default_rng(0)
   for _ in range(200):  # Random ids: invalid and truncated UTF-8 included.
     ids = rng.integers(0, tokenizer.vocab_size, rng.integers(1, 8)).tolist()
-    stream = S.TextStream(tokenizer)
+    stream = G.TextStream(tokenizer)
     assert "".join([stream.push([i]) for i in ids] + [stream.finish()]) == tokenizer.decode(ids)
 
 
 def test_text_stream_holds_back_a_possible_stop_string(bpe):
-  stream = S.TextStream(bpe, stop_strings=["STOP"])
+  stream = G.TextStream(bpe, stop_strings=["STOP"])
   assert stream.push(bpe.encode("abc ST")) == "abc "
   assert stream.push(bpe.encode("x")) == "STx"
   assert stream.push(bpe.encode(" yS")) == " y"
