@@ -1,13 +1,8 @@
-"""Decoding: strategies against Hugging Face's processors and their distributions, the cached loop against full
-forward passes and HF `generate`, stop sequences, bucketing without recompiles, streaming text, bad input, the CLI."""
+"""The decoding loop: strategies against Hugging Face's processors and their distributions, the loop on models of
+known behaviour, cached logits against full forward passes, greedy decoding against HF `generate`."""
 
 import dataclasses
-import os
-import pathlib
-import subprocess
-import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,50 +12,14 @@ import torch
 import transformers
 from transformers.generation import logits_process
 
-import assets
 import gptjax
-from gptjax import generation as G
 from gptjax import model as M
 from gptjax import sampling as S
-from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
+from tiny_lm import TINY, random_lm
 
-TINY = M.ModelConfig(vocab_size=61, block_size=32, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64,
-                     dropout_rate=0.0, attention_dropout_rate=0.0)
 # GPT-1's post-LN blocks, here with an untied output head too (the head is computed in sampling.py).
 TINY_GPT1_UNTIED = dataclasses.replace(TINY, norm="post", final_norm=False, scale_residual_init=False,
                                        tie_embeddings=False)
-# The sampling strategy most text_lm tests share (one compiled program per batch size).
-SAMPLE = dict(temperature=1.5, top_k=50)
-CORPUS = ["Hello world! Stream me: emoji 😀👍🏽 and 日本語のテキスト, 中文字符, Ångström."] * 8
-
-
-def _lm(config=TINY, tokenizer=None, seed=0, scale=1.0):
-  """A LanguageModel with random weights drawn in numpy (an eager Flax init would compile dozens of small ops).
-
-  `scale` > 1 gives sharper distributions than GPT-2's 0.02 init, so greedy paths vary and margins are not ties.
-  """
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(M.init_params(config, jax.random.key(0))))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    noise = rng.normal(size=leaf.shape).astype(np.float32)
-    return jnp.asarray(1.0 + 0.1 * noise if "scale" in jax.tree_util.keystr(path) else 0.02 * scale * noise)
-
-  return gptjax.LanguageModel(config, jax.tree_util.tree_map_with_path(draw, shapes), tokenizer)
-
-
-@pytest.fixture(scope="module")
-def bpe():
-  return train_bpe(CORPUS, 300)
-
-
-@pytest.fixture(scope="module")
-def text_lm(bpe):
-  # Tests on this model keep to a few shapes (prompts <= 8 tokens, 12-16 new tokens, batches of 1 or 4) and
-  # strategies, so that they share compiled programs: compiling is most of this file's time. Its embedding has 20
-  # more rows than the tokenizer has tokens, as nanoGPT pads GPT-2's: those ids must never be sampled.
-  config = dataclasses.replace(TINY, vocab_size=bpe.vocab_size + 20, block_size=64, num_layers=1)
-  return _lm(config, bpe, scale=8.0)
 
 
 # ----- Strategies: the same maths as Hugging Face's processors. ------------------------------------------------------
@@ -189,7 +148,7 @@ def test_stream_steps_equal_the_one_program_loop():
 
 @pytest.mark.parametrize("config", [TINY, TINY_GPT1_UNTIED], ids=["gpt2", "gpt1_untied_head"])
 def test_cached_logits_equal_full_forward_logits_at_every_step(config):
-  lm = _lm(config, scale=4.0)
+  lm = random_lm(config, scale=4.0)
   lengths, P, N = [2, 5, 8], 8, 8
   rng = np.random.default_rng(0)
   prompt = np.zeros((3, P), np.int32)
@@ -252,183 +211,3 @@ def test_greedy_gpt1_equals_hugging_face_generate(tmp_path):
   lm = gptjax.load(tmp_path)
   for prompt in ([5, 17, 3], [44]):
     assert lm.generate([prompt], 8, temperature=0) == _hf_generate(model, [prompt], 8)
-
-
-def test_ragged_batch_equals_each_prompt_alone_and_greedy_equivalents(text_lm):
-  prompts = ["Hello", "emoji 😀 and", "日本"]
-  batch = text_lm.generate(prompts, 12, temperature=0)
-  assert batch == [text_lm.generate([p], 12, temperature=0)[0] for p in prompts]
-  assert len(set(batch)) == 3
-  assert text_lm.generate(prompts, 12, temperature=1.0, top_k=1, seed=3) == batch
-  assert text_lm.generate(prompts, 12, temperature=1.0, top_p=1e-6, seed=4) == batch
-  assert text_lm.generate(prompts, 12, temperature=0, top_k=5, top_p=0.5, seed=5) == batch
-
-
-def test_sampling_is_reproducible_and_rows_are_independent_of_the_batch(text_lm):
-  sample = lambda prompts, seed=7: text_lm.generate(prompts, 12, **SAMPLE, seed=seed, num_samples=2)
-  first = sample(["Hello", "x"])
-  assert len(first) == 4
-  assert sample(["Hello", "x"]) == first
-  assert sample(["Hello", "x"], seed=8) != first
-  assert first[0] != first[1]  # Two samples of one prompt draw differently.
-  # Row keys depend on (seed, prompt index, sample index) only, not on the other prompts in the batch.
-  assert sample(["Hello", "日本"])[:2] == first[:2]
-
-
-def test_new_prompt_lengths_reuse_the_compiled_program():
-  lm = _lm(dataclasses.replace(TINY, vocab_size=5, num_layers=1))  # An architecture no other test compiles.
-  before = S.trace_counts().get("generate", 0)
-  for n, new, temperature, top_k in [(3, 4, 1.0, 2), (5, 6, 0.7, 3), (7, 2, 1.3, 1), (1, 8, 1.0, 4)]:
-    lm.generate([[1] * n, [2] * (8 - n)], new, temperature=temperature, top_k=top_k, seed=n)
-  assert S.trace_counts()["generate"] == before + 1
-  lm.generate([[1] * 11], 4, temperature=1.0, top_k=2)  # 11 tokens: the next prompt bucket.
-  assert S.trace_counts()["generate"] == before + 2
-
-
-def test_prompt_buckets_respect_the_context():
-  for prompt_len, new, block in [(3, 4, 32), (9, 4, 32), (20, 12, 32), (1, 31, 32), (31, 1, 32), (100, 400, 1024)]:
-    P, T = G.bucket_lengths(prompt_len, new, block)
-    assert prompt_len <= P and T <= block and T - P >= new
-
-
-# ----- Stop sequences, unconditional samples, id prompts. ------------------------------------------------------------
-
-
-def test_stop_strings_cut_the_text_and_token_stops_cut_ids(text_lm):
-  kwargs = dict(SAMPLE, seed=1, stop_at_eos=False)
-  full = text_lm.generate(["Hello"], 14, **kwargs)[0]
-  assert len(full) > 6
-  stop = full[3:5]
-  cut = full[:full.find(stop)]
-  assert text_lm.generate(["Hello"], 14, stop=stop, **kwargs) == [cut]
-  assert G.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
-                    return_finish_reasons=True) == ([cut], ["stop"])
-  assert "".join(text_lm.stream("Hello", 14, stop=stop, **kwargs)) == cut
-  # One stop list per prompt: only the first prompt has one.
-  four = text_lm.generate(["Hello"] * 4, 14, **kwargs)
-  assert four[0] == full
-  assert text_lm.generate(["Hello"] * 4, 14, stop=[[stop], None, None, None], **kwargs) == [cut] + four[1:]
-  ids = text_lm.generate([[5, 6]], 14, **kwargs)[0]
-  assert text_lm.generate([[5, 6]], 14, stop=[ids[3:5]], **kwargs) == [ids[:3]]
-
-
-def test_unconditional_samples_start_from_endoftext(text_lm, bpe):
-  assert bpe.eos_id is not None
-  assert text_lm.generate(None, 14, **SAMPLE) == text_lm.generate(["<|endoftext|>"], 14, **SAMPLE)
-
-
-def test_without_endoftext_generation_runs_to_max_new_tokens():
-  no_eos = _lm(dataclasses.replace(TINY, vocab_size=4, num_layers=1), char_tokenizer("abc "))
-  with pytest.raises(ValueError, match="starts from <|endoftext|>, which this model's tokenizer lacks"):
-    no_eos.generate(None, 4)
-  # GPT-1 and character tokenizers have no <|endoftext|>: only stop sequences or max_new_tokens end a sample.
-  assert [len(t) for t in no_eos.generate(["ab", "c"], 6, temperature=1.0)] == [6, 6]
-
-
-# ----- Streaming text. -----------------------------------------------------------------------------------------------
-
-
-def test_text_stream_never_splits_a_character_with_the_gpt2_vocabulary():
-  tokenizer = load_tokenizer(assets.gpt2_vocab_dir())
-  text = "emoji 😀👍🏽 family 👨‍👩‍👧‍👦 日本語のテキスト 中文 Ångström"
-  ids = tokenizer.encode(text)
-  stream = G.TextStream(tokenizer)
-  pieces = [stream.push([i]) for i in ids] + [stream.finish()]
-  assert "".join(pieces) == text
-  assert not any("\ufffd" in p for p in pieces)
-  assert sum(p == "" for p in pieces) > 3  # Characters did span tokens here.
-
-
-@pytest.mark.parametrize("kind", ["bpe", "char"])
-def test_text_stream_equals_decoding_at_once(kind, bpe):
-  tokenizer = bpe if kind == "bpe" else char_tokenizer(CORPUS)
-  rng = np.random.default_rng(0)
-  for _ in range(200):  # Random ids: invalid and truncated UTF-8 included.
-    ids = rng.integers(0, tokenizer.vocab_size, rng.integers(1, 8)).tolist()
-    stream = G.TextStream(tokenizer)
-    assert "".join([stream.push([i]) for i in ids] + [stream.finish()]) == tokenizer.decode(ids)
-
-
-def test_text_stream_holds_back_a_possible_stop_string(bpe):
-  stream = G.TextStream(bpe, stop_strings=["STOP"])
-  assert stream.push(bpe.encode("abc ST")) == "abc "
-  assert stream.push(bpe.encode("x")) == "STx"
-  assert stream.push(bpe.encode(" yS")) == " y"
-  assert stream.push(bpe.encode("TOP and more")) == ""
-  assert stream.stopped and stream.finish() == ""
-
-
-def test_stream_yields_the_generated_text(text_lm):
-  for prompt, seed in [("Hello", 4), ("日本", 1), (None, 0)]:
-    pieces = list(text_lm.stream(prompt, 14, **SAMPLE, seed=seed))
-    assert "".join(pieces) == text_lm.generate(None if prompt is None else [prompt], 14, **SAMPLE, seed=seed)[0]
-  ids = [t for piece in text_lm.stream([3, 4, 5], 14, **SAMPLE, stop_at_eos=False) for t in piece]
-  assert ids == text_lm.generate([[3, 4, 5]], 14, **SAMPLE, stop_at_eos=False)[0]
-  assert len(ids) == 14 and max(ids) < text_lm.tokenizer.vocab_size < text_lm.config.vocab_size
-
-
-# ----- Bad input. ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(prompts=["Hello 日本"], max_new_tokens=60), ValueError,
-     r"Prompt 0 has 8 tokens; with max_new_tokens=60 that is 68 > the model's context block_size=64"),
-    (dict(prompts=["ok", ""]), ValueError, r"Prompt 1 \(''\) is empty"),
-    (dict(prompts=[[]]), ValueError, "Prompt 0 is empty"),
-    (dict(prompts=[[3, 400]]), ValueError, r"Token id 400 is outside the model's vocabulary \[0, \d+\)"),
-    (dict(prompts=[[3, -1]]), ValueError, r"Token id -1 is outside"),
-    (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\] \(1 = off\), got 0.0"),
-    (dict(top_p=1.5), ValueError, r"top_p must be in \(0, 1\] \(1 = off\), got 1.5"),
-    (dict(temperature=-0.5), ValueError, r"temperature must be a finite number >= 0 \(0 = greedy\), got -0.5"),
-    (dict(temperature=float("nan")), ValueError, "temperature must be .* got nan"),
-    (dict(top_k=-1), ValueError, r"top_k must be an integer in \[0, vocab_size=\d+\] \(0 = off\), got -1"),
-    (dict(top_k=100000), ValueError, "top_k must be .* got 100000"),
-    (dict(repetition_penalty=0), ValueError, "repetition_penalty must be a finite number > 0"),
-    (dict(max_new_tokens=0), ValueError, "max_new_tokens must be a positive integer, got 0"),
-    (dict(max_new_tokens=64), ValueError, "max_new_tokens=64 leaves no room for a prompt .* block_size=64"),
-    (dict(num_samples=0), ValueError, "num_samples must be a positive integer, got 0"),
-    (dict(prompts="hello"), TypeError, r"prompts must be a list of prompts .* pass \[prompt\]"),
-    (dict(prompts=[1, 2]), TypeError, r"prompts must be a list of prompts"),
-    (dict(prompts=["a", [1]]), TypeError, "all strings or all token-id lists"),
-    (dict(prompts=[[1]], stop="x"), ValueError, "stop string 'x' needs text prompts"),
-    (dict(stop=[""]), ValueError, "a stop string is empty"),
-])
-def test_bad_input_is_named(text_lm, kwargs, error, message):
-  kwargs = {"prompts": ["hello"], "max_new_tokens": 4, **kwargs}
-  with pytest.raises(error, match=message):
-    text_lm.generate(**kwargs)
-
-
-def test_truncation_policy_keeps_the_end_of_the_prompt():
-  lm = _lm(scale=4.0)
-  long = (np.arange(20) * 7 % 61).tolist()
-  others = [[1, 2], [3], [4, 5, 6]]
-  with pytest.raises(ValueError, match="Prompt 0 has 20 tokens; .* keep its last 16 tokens"):
-    lm.generate([long] + others, 16, temperature=0)
-  assert (lm.generate([long] + others, 16, temperature=0, truncate_prompt=True)
-          == lm.generate([long[-16:]] + others, 16, temperature=0))
-
-
-def test_text_prompts_need_a_tokenizer():
-  with pytest.raises(ValueError, match="Text prompts need a tokenizer"):
-    _lm().generate(["hello"], 2)
-
-
-# ----- `python -m gptjax.sample`. ------------------------------------------------------------------------------------
-
-
-def test_sample_command_prints_the_samples(tmp_path, text_lm):
-  text_lm.save(tmp_path / "model")
-  (tmp_path / "prompt.txt").write_text("Hello 日本", encoding="utf-8")
-  env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1]), "JAX_PLATFORMS": "cpu",
-         "PYTHONIOENCODING": "utf-8"}
-  command = [sys.executable, "-m", "gptjax.sample", f"--model={tmp_path / 'model'}",
-             f"--start=FILE:{tmp_path / 'prompt.txt'}", "--num_samples=4", "--max_new_tokens=12", "--temperature=1.5",
-             "--top_k=50", "--seed=3"]
-  out = subprocess.run(command, capture_output=True, text=True, env=env, encoding="utf-8", timeout=300)
-  assert out.returncode == 0, out.stderr
-  samples = text_lm.generate(["Hello 日本"], 12, temperature=1.5, top_k=50, seed=3, num_samples=4)
-  assert out.stdout == "".join(f"Hello 日本{s}\n{'-' * 40}\n" for s in samples)
-  bad = subprocess.run(command[:4] + ["--top_p=2"], capture_output=True, text=True, env=env, timeout=300)
-  assert bad.returncode == 1
-  assert bad.stderr.strip().splitlines()[-1] == "gptjax.sample: error: top_p must be in (0, 1] (1 = off), got 2.0"
