@@ -5,12 +5,13 @@ Run:  python -m gptjax.train --config configs/quickstart.py --workdir /tmp/quick
 The corpus is 3 MB of this Python's own standard library (`builtin:python`): nothing is downloaded. A byte-level
 BPE of 2,048 tokens is trained on it, then 300 steps of 16 x 128 tokens (614k tokens, ~0.75 of an epoch).
 
-Expected (measured 2026-11-23 on a 2-core cloud VM shared with other jobs, load average ~5; Python 3.11.7's
-stdlib): 421 s wall in all, tokenising and compiling included; 1.0-1.5 s per step. The final zero-shot perplexity
-of the whole validation text (`config.eval.tasks`) adds about a minute: 521 s (8:41) wall with it, measured again
-the same day under the same load; it gives token perplexity 141.1 and 2.29 bits per byte. Validation loss 4.956 nats per
-token (perplexity 142) at step 300, against 6.417 for a model that knows only token frequencies (the unigram
-baseline; `python experiments/unigram_baseline.py --config configs/quickstart.py`) and 7.625 for a uniform guess.
+Expected (measured three times on 2026-11-23 on a 2-core cloud VM shared with other jobs, load average 5 to 8;
+Python 3.11.7's stdlib): 421, 458 and 433 s wall in all, tokenising and compiling included; 1.0-1.7 s per step.
+Every run ended at validation loss 4.956 nats per token (perplexity 142) at step 300, against 6.417 for a model
+that knows only token frequencies (the unigram baseline; `python experiments/unigram_baseline.py --config
+configs/quickstart.py`) and 7.625 for a uniform guess. The final zero-shot perplexity of the whole validation
+text (`config.eval.tasks`) adds about a minute (8:41 wall in all, measured once under the same load): token
+perplexity 141.1, 2.29 bits per byte.
 The validation text is the alphabetical tail of the stdlib (other modules than the training text), hence
 train loss 4.49 < val 4.96. Other Python versions have other stdlibs: expect nearby, not identical, numbers.
 

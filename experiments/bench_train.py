@@ -11,6 +11,18 @@ against the other: device memory on a GPU, the process's peak resident memory (R
 On a GPU both sides compute in bfloat16 with float32 parameters (PyTorch through autocast, and --torch_compile is
 worth trying); on a CPU both compute in float32 and MFU is not reported (no meaningful peak to divide by).
 Results (tokens/s, ms/step, peak memory, MFU) go to stdout as a table and the jax/torch throughput ratio.
+
+Measured 2026-11-23 on the project's 2-core CPU VM, shared with other jobs (load average ~5, so absolute numbers
+are low and noisy; the ratio is the point). jax 0.10.2, torch 2.13.0+cpu, transformers 5.23, float32:
+
+  --shape=small --batch_size=8 --seq_len=128 --steps=10            (5,289,472 parameters)
+    jax    422 tokens/s   2425 ms/step   0.73 GiB peak RSS
+    torch  216 tokens/s   4747 ms/step   1.03 GiB peak RSS       jax / torch = 1.96x
+  --shape=gpt2_small --batch_size=2 --seq_len=128 --steps=3 --warmup=1   (123,751,680 parameters: block 128)
+    jax     16 tokens/s  15677 ms/step   2.85 GiB peak RSS
+    torch   14 tokens/s  18873 ms/step   3.39 GiB peak RSS       jax / torch = 1.20x
+
+No GPU was lent to this task, so there is no GPU row or MFU figure yet.
 """
 
 import json

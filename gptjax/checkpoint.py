@@ -19,10 +19,14 @@ A step directory without orbax's `commit_success.txt` (written just before the a
 save), or without one of the three items, was left by a killed or partial copy: it is moved aside to
 `<step>.incomplete-<n>` with a warning naming what is missing and the newest complete step, and never restored.
 Temporary `<step>.orbax-checkpoint-tmp-*` directories of a save killed midway are reported and removed by orbax.
+
+`initial_weights` resolves `config.init_from` (scratch, a run folder, a Hugging Face folder or hub name), and
+`load_workdir` reads a run folder's parameters for `gptjax.load`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -34,7 +38,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from gptjax import hf
+from gptjax import model as model_lib
+
 ITEMS = ("params", "opt_state", "meta")
+# ModelConfig fields a run may change when it starts from trained weights: they do not change parameter shapes.
+RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype", "attention_impl", "remat")
 COMMIT_FILE = "commit_success.txt"  # orbax 0.12: written into the step folder before it is renamed into place.
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 CHECKPOINT_DIR = "checkpoints"
@@ -180,7 +189,7 @@ def _free_name(directory: pathlib.Path, stem: str) -> pathlib.Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Run directories (`gptjax.load(workdir)`).
+# Run directories (`gptjax.load(workdir)`) and `config.init_from`.
 
 
 def is_workdir(path: Union[str, os.PathLike]) -> bool:
@@ -205,7 +214,6 @@ def load_workdir(workdir: Union[str, os.PathLike], step: Union[int, str] = "late
     (ModelConfig, params, step): plain parameter arrays and the step they come from.
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from gptjax import model as model_lib  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if not is_workdir(workdir):
@@ -233,3 +241,39 @@ def load_workdir(workdir: Union[str, os.PathLike], step: Union[int, str] = "late
   finally:
     ckpt.close()
   return config, params, chosen
+
+
+def initial_weights(init_from: str, requested: model_lib.ModelConfig):
+  """The model config and (for fine-tuning) host weights that `config.init_from` names.
+
+  Args:
+    init_from: 'scratch' (or ''), a gptjax run folder, a Hugging Face folder, or a Hugging Face hub name.
+    requested: the config's own model (`config.model`).
+
+  Returns:
+    (model_config, params or None, description). For trained weights the architecture is theirs; only
+    `RUNTIME_MODEL_FIELDS` (dropout, dtypes, attention implementation, remat) come from `requested`.
+  """
+  if init_from in ("", "scratch"):
+    return requested, None, "scratch"
+  path = pathlib.Path(init_from).expanduser()
+  if path.is_dir() and is_workdir(path):
+    loaded, params, step = load_workdir(path)
+    params = jax.device_get(params)
+    description = f"gptjax run {path} (step {step})"
+  elif path.is_dir() and hf.is_hf_folder(path):
+    loaded, params = hf.load_hf(path)
+    description = f"Hugging Face folder {path}"
+  elif path.exists() or init_from.startswith((".", "/", "~")):
+    raise FileNotFoundError(f"config.init_from={init_from!r} is neither 'scratch', a gptjax run folder (config.json "
+                            f"+ checkpoints/) nor a Hugging Face folder (config.json + model.safetensors)")
+  else:
+    loaded, params = hf.load_hf(hf.download(init_from))
+    description = f"Hugging Face model {init_from!r}"
+  model_config = dataclasses.replace(loaded, **{k: getattr(requested, k) for k in RUNTIME_MODEL_FIELDS})
+  ignored = {k: (v, getattr(model_config, k)) for k, v in requested.to_dict().items()
+             if k not in RUNTIME_MODEL_FIELDS and k != "decode" and v != getattr(model_config, k)}
+  if ignored:
+    logging.info("init_from %s: its architecture wins over config.model for %s",
+                 init_from, ", ".join(f"{k} ({new} instead of {old})" for k, (old, new) in ignored.items()))
+  return model_config, params, description

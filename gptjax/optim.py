@@ -57,7 +57,9 @@ def decay_mask(params: PyTree) -> PyTree:
   """Which parameters get weight decay: True for ndim >= 2 (kernels, embeddings), False otherwise.
 
   Biases and LayerNorm scales (ndim 1) are not decayed: shrinking them towards 0 only hurts (nanoGPT,
-  transformers#11936). Keying on ndim rather than on names keeps the rule right for any module naming.
+  transformers#11936). Keying on ndim rather than on names keeps the rule right for any module naming, with one
+  exception: a leaf named `bias` is never decayed, whatever its shape (the model's `c_attn` bias is stored as
+  [3, H, K] so that its heads axis can be sharded; it is still a bias).
 
   Args:
     params: a parameter tree of arrays or `jax.ShapeDtypeStruct`s; leaves may be boxed in
@@ -67,10 +69,12 @@ def decay_mask(params: PyTree) -> PyTree:
     A tree of bools. A boxed parameter maps to a plain bool in the box's place, which optax accepts as a
     prefix of the boxed tree (optax.masked maps the mask over the params with the mask first).
   """
-  def leaf_mask(x):
+  def leaf_mask(path, x):
+    if path and getattr(path[-1], "key", None) == "bias":
+      return False
     return jnp.ndim(meta.unbox(x)) >= 2 if meta.is_axis_metadata(x) else jnp.ndim(x) >= 2
 
-  return jax.tree.map(leaf_mask, params, is_leaf=meta.is_axis_metadata)
+  return jax.tree_util.tree_map_with_path(leaf_mask, params, is_leaf=meta.is_axis_metadata)
 
 
 def make_optimizer(

@@ -38,20 +38,10 @@ from jax.experimental import multihost_utils
 
 from gptjax import checkpoint as checkpoint_lib
 from gptjax import data as data_lib
-from gptjax import hf
+from gptjax import metrics as metrics_lib
 from gptjax import model as model_lib
 from gptjax import optim
 from gptjax import sharding
-
-# ModelConfig fields a run may change when it starts from trained weights: they do not change parameter shapes.
-RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype", "attention_impl", "remat")
-
-# Dense bf16 peak FLOP/s per device, for MFU. Matched in order against `device_kind` (lower case).
-PEAK_FLOPS = (
-    ("h100 pcie", 756e12), ("h100", 989e12), ("h200", 989e12), ("gh200", 989e12), ("a100", 312e12),
-    ("tpu v4", 275e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5p", 459e12), ("tpu v5", 459e12),
-    ("tpu v6 lite", 918e12), ("tpu v6e", 918e12),
-)
 
 
 @flax.struct.dataclass
@@ -194,26 +184,6 @@ def _put_params(params, shapes, shardings):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: forward + backward = 3 x forward (PaLM, appendix B; nanoGPT's estimate_mfu).
-
-  Matmuls: 2 FLOPs per multiply-add, so 6 x the weights that multiply activations: per layer the qkv (D x 3D),
-  attention output (D x D) and MLP (2 x D x F) matrices, plus the output projection (D x V). The position table
-  and the input embedding are lookups, not matmuls. Attention: QK^T and the weighted sum of V cost 2 x 2 x L x D
-  per token and layer forward, so 12 x layers x D x L with the backward (counted over the full L x L square, as
-  PaLM does, although the causal mask makes half of it zeros).
-  """
-  D, F, V = config.emb_dim, config.mlp_dim, config.vocab_size
-  matmul_weights = config.num_layers * (3 * D * D + D * D + 2 * D * F) + D * V
-  return 6.0 * matmul_weights + 12.0 * config.num_layers * D * seq_len
-
-
-def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float]:
-  """Dense bf16 peak FLOP/s of a known accelerator, or None (CPUs and unknown devices: MFU is not reported)."""
-  kind = (device or jax.devices()[0]).device_kind.lower()
-  return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -242,59 +212,6 @@ def evaluate(eval_step, params, dataset: data_lib.TokenDataset, mesh: jax.shardi
     count += float(num_tokens)
   loss = total / count
   return {"val_loss": loss, "val_ppl": math.exp(min(loss, 80.0))}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reporting.
-
-
-class MetricWriter:
-  """One console line per log interval, `metrics.jsonl` and TensorBoard events; silent except on process 0."""
-
-  def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
-    self.enabled = enabled
-    self.path = workdir / "metrics.jsonl"
-    self._tb = None
-    if not enabled:
-      return
-    if self.path.exists():
-      # Steps after the checkpoint we resume from were lost with the killed run and will be logged again.
-      lines = [line for line in self.path.read_text().splitlines()
-               if line.strip() and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in lines))
-    if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
-
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if not self.enabled:
-      return
-    record = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    if self._tb is not None:
-      for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, step)
-      self._tb.flush()
-
-  def info(self, message: str, *args) -> None:
-    if self.enabled:
-      logging.info(message, *args)
-
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
-
-
-def _format_line(step: int, total: int, m: dict[str, Any]) -> str:
-  parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}",
-           f"{m['tokens_per_sec']:,.0f} tok/s",
-           f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a (no known peak for this device)",
-           f"{1000 * m['step_time_s']:.1f} ms/step"]
-  if "val_loss" in m:
-    parts += [f"val_loss {m['val_loss']:.4f}", f"val_ppl {m['val_ppl']:.2f}"]
-  return " | ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,55 +281,6 @@ def _prepare_data(config, workdir: pathlib.Path):
   return prepare()
 
 
-def initial_model(config: ml_collections.ConfigDict) -> tuple[model_lib.ModelConfig, Optional[Any], str]:
-  """The model config and (for fine-tuning) host weights named by `config.init_from`.
-
-  Returns:
-    (model_config, params or None, description). For a gptjax workdir or a Hugging Face folder / hub name the
-    architecture is the checkpoint's; only `RUNTIME_MODEL_FIELDS` are taken from `config.model`.
-  """
-  requested = model_lib.ModelConfig.from_dict(config.model.to_dict())
-  source = config.init_from
-  if source in ("", "scratch"):
-    return requested, None, "scratch"
-  path = pathlib.Path(source).expanduser()
-  if path.is_dir() and checkpoint_lib.is_workdir(path):
-    loaded, params, step = checkpoint_lib.load_workdir(path)
-    params = jax.device_get(params)
-    description = f"gptjax run {path} (step {step})"
-  elif path.is_dir() and hf.is_hf_folder(path):
-    loaded, params = hf.load_hf(path)
-    description = f"Hugging Face folder {path}"
-  elif path.exists() or source.startswith((".", "/", "~")):
-    raise FileNotFoundError(f"config.init_from={source!r} is neither 'scratch', a gptjax run folder (config.json + "
-                            f"checkpoints/) nor a Hugging Face folder (config.json + model.safetensors)")
-  else:
-    loaded, params = hf.load_hf(hf.download(source))
-    description = f"Hugging Face model {source!r}"
-  runtime = {k: getattr(requested, k) for k in RUNTIME_MODEL_FIELDS}
-  model_config = dataclasses.replace(loaded, **runtime)
-  ignored = {k: (v, getattr(model_config, k)) for k, v in requested.to_dict().items()
-             if k not in RUNTIME_MODEL_FIELDS and k != "decode" and v != getattr(model_config, k)}
-  if ignored:
-    logging.info("init_from %s: its architecture wins over config.model for %s",
-                 source, ", ".join(f"{k} ({new} instead of {old})" for k, (old, new) in ignored.items()))
-  return model_config, params, description
-
-
-def _meta(config, plan: _Plan, tokenizer, model_config, val_loss: Optional[float]) -> dict:
-  return {
-      "data": {"source": config.data.source, "tokenizer": config.data.tokenizer, "seed": config.seed,
-               "batch_size": plan.batch_size, "seq_len": plan.seq_len},
-      "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
-      "model": model_config.to_dict(),
-      "val_loss": val_loss,
-  }
-
-
-class _NonFinite(FloatingPointError):
-  pass
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains (or resumes training) as `config` says, writing checkpoints and logs to `workdir`.
 
@@ -428,15 +296,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       checkpoint, which is left intact.
   """
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  is_main = jax.process_index() == 0
-  if is_main:
+  if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.mesh_from_config(config.mesh)
   c = config.checkpoint
   ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
                                      keep_best=c.keep_best, async_save=c.async_save)
   try:
-    result = _setup_and_run(config, workdir, mesh, ckpt)
+    result = _Run(config, workdir, mesh, ckpt).train()
   finally:
     ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
   if config.eval.get("tasks"):
@@ -488,165 +355,177 @@ def run_eval_tasks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> 
   return results
 
 
-def _setup_and_run(config, workdir: pathlib.Path, mesh, ckpt: checkpoint_lib.Checkpointer):
-  if ckpt.latest_step() is not None:
-    # Resuming: the architecture is the one this run trained (e.g. the init_from model's), read from the workdir.
-    saved = checkpoint_lib.read_run_config(workdir)["model"]
-    requested = config.model.to_dict()
-    model_config = model_lib.ModelConfig.from_dict(
-        {**saved, **{k: requested[k] for k in RUNTIME_MODEL_FIELDS}})
-    init_params, init_description = None, "the checkpoint"
-  else:
-    model_config, init_params, init_description = initial_model(config)
-  plan = _plan(config, model_config, mesh)
-  tokenizer, train_ds, val_ds = _prepare_data(config, workdir)
-  data_lib.check_vocab_size(tokenizer, model_config.vocab_size)
-  logging.info("Data: train %s, val %s; tokenizer %s.", train_ds, val_ds, tokenizer)
+class _Run:
+  """One call of `train_and_evaluate`: the pieces set up once, then the loop."""
 
-  o = config.opt
-  tx, schedule = optim.make_optimizer(
-      lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.decay_steps or plan.steps, min_lr_ratio=o.min_lr_ratio,
-      weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip_norm=o.grad_clip_norm)
-  # Made by a jitted function so that the keys are global arrays: with several processes a host-made key cannot be
-  # placed on devices this process does not own.
-  replicated = sharding.replicated(mesh)
-  init_rng, dropout_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
-                                  out_shardings=(replicated, replicated))()
-  model = model_lib.GPT(model_config)
-  return _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
-              init_params, init_description, tokenizer, train_ds, val_ds)
+  def __init__(self, config, workdir: pathlib.Path, mesh: jax.sharding.Mesh, ckpt: checkpoint_lib.Checkpointer):
+    self.config, self.workdir, self.mesh, self.ckpt = config, workdir, mesh, ckpt
+    self.start = ckpt.latest_step()
+    requested = model_lib.ModelConfig.from_dict(config.model.to_dict())
+    if self.start is not None:
+      # Resuming: the architecture is the one this run trained (an init_from model's, say), read from the workdir.
+      saved = checkpoint_lib.read_run_config(workdir)["model"]
+      self.model_config = model_lib.ModelConfig.from_dict(
+          {**saved, **{k: getattr(requested, k) for k in checkpoint_lib.RUNTIME_MODEL_FIELDS}})
+      self.init_params, self.init_description = None, None
+    else:
+      self.model_config, self.init_params, self.init_description = checkpoint_lib.initial_weights(
+          config.init_from, requested)
+    self.plan = _plan(config, self.model_config, mesh)
+    self.tokenizer, self.train_ds, self.val_ds = _prepare_data(config, workdir)
+    data_lib.check_vocab_size(self.tokenizer, self.model_config.vocab_size)
+    logging.info("Data: train %s, val %s; tokenizer %s.", self.train_ds, self.val_ds, self.tokenizer)
+    o = config.opt
+    self.tx, self.schedule = optim.make_optimizer(
+        lr=o.lr, warmup_steps=o.warmup_steps, total_steps=o.decay_steps or self.plan.steps,
+        min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+        grad_clip_norm=o.grad_clip_norm)
+    self.model = model_lib.GPT(self.model_config)
+    # Made by a jitted function so that the keys are global arrays: with several processes a host-made key cannot
+    # be placed on devices this process does not own.
+    replicated = sharding.replicated(mesh)
+    self.init_rng, self.dropout_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(config.seed))),
+                                              out_shardings=(replicated, replicated))()
 
+  def meta(self, val_loss: Optional[float] = None) -> dict:
+    """The checkpoint's JSON item: data position and settings, tokenizer, model."""
+    return {
+        "data": {"source": self.config.data.source, "tokenizer": self.config.data.tokenizer,
+                 "seed": self.config.seed, "batch_size": self.plan.batch_size, "seq_len": self.plan.seq_len},
+        "tokenizer": {"kind": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,
+                      "eos_id": self.tokenizer.eos_id},
+        "model": self.model_config.to_dict(),
+        "val_loss": val_loss,
+    }
 
-def _run(config, workdir, plan, mesh, model, model_config, tx, schedule, init_rng, dropout_rng, ckpt,
-         init_params, init_description, tokenizer, train_ds, val_ds):
-  is_main = jax.process_index() == 0
-  start = ckpt.latest_step()
-  if start is not None:
-    shardings, shapes = state_shardings(model_config, tx, mesh)
+  def restore_or_init(self) -> tuple[TrainState, TrainState, int]:
+    """(state, shardings, step): the latest checkpoint restored onto this mesh, or a fresh sharded state."""
+    if self.start is None:
+      state, shardings = init_train_state(self.model_config, self.tx, self.mesh, self.init_rng, self.init_params)
+      logging.info("Initialised from %s.", self.init_description)
+      return state, shardings, 0
+    shardings, shapes = state_shardings(self.model_config, self.tx, self.mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    params, opt_state, meta = ckpt.restore(start, target.params, target.opt_state)
-    step_array = jax.make_array_from_callback((), shardings.step, lambda _: np.asarray(start, np.int32))
-    state = TrainState(step=step_array, params=params, opt_state=opt_state)
-    current = _meta(config, plan, tokenizer, model_config, None)["data"]
-    if meta.get("data") != current:
+    params, opt_state, meta = self.ckpt.restore(self.start, target.params, target.opt_state)
+    step = jax.make_array_from_callback((), shardings.step, lambda _: np.asarray(self.start, np.int32))
+    if meta.get("data") != self.meta()["data"]:
       logging.warning("Resuming from step %d with different data settings (%s, now %s): the batches from here on "
-                      "differ from those of an uninterrupted run.", start, meta.get("data"), current)
-    logging.info("Resumed from step %d of %s.", start, ckpt.directory)
-  else:
-    start = 0
-    state, shardings = init_train_state(model_config, tx, mesh, init_rng, init_params)
-    logging.info("Initialised from %s.", init_description)
-  if is_main:
-    run_config = json.loads(config.to_json())
-    run_config["model"] = model_config.to_dict()
-    (workdir / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(run_config, indent=2) + "\n")
-  num_params = model_lib.count_params(state.params)
-  logging.info("Model: %s parameters; mesh %s; %d process(es).", f"{num_params:,}", dict(mesh.shape),
-               jax.process_count())
+                      "differ from those of an uninterrupted run.", self.start, meta.get("data"), self.meta()["data"])
+    logging.info("Resumed from step %d of %s.", self.start, self.ckpt.directory)
+    return TrainState(step=step, params=params, opt_state=opt_state), shardings, self.start
 
-  if start >= plan.steps:
-    logging.info("Step %d >= config.train.steps=%d: nothing to train.", start, plan.steps)
-    return {"step": start}
-  writer = MetricWriter(workdir, enabled=is_main, resume_step=start, tensorboard=config.train.tensorboard)
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(model, tx, mesh, plan.num_microbatches),
-                       in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
-                       donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sharding),
-                      out_shardings=(replicated, replicated))
+  def train(self) -> dict[str, Any]:
+    config, plan, mesh, ckpt = self.config, self.plan, self.mesh, self.ckpt
+    is_main = jax.process_index() == 0
+    state, shardings, start = self.restore_or_init()
+    if is_main:
+      run_config = json.loads(config.to_json())
+      run_config["model"] = self.model_config.to_dict()  # The architecture trained, whatever config.model said.
+      (self.workdir / checkpoint_lib.CONFIG_FILE).write_text(json.dumps(run_config, indent=2) + "\n")
+    logging.info("Model: %s parameters; mesh %s; %d process(es).", f"{model_lib.count_params(state.params):,}",
+                 dict(mesh.shape), jax.process_count())
+    if start >= plan.steps:
+      logging.info("Step %d >= config.train.steps=%d: nothing to train.", start, plan.steps)
+      return {"step": start}
 
-  def get_batch(step):
-    rows = train_ds.batch(step, plan.batch_size, plan.seq_len, config.seed, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-    return sharding.global_batch(rows, mesh)
+    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    train_step = jax.jit(make_train_step(self.model, self.tx, mesh, plan.num_microbatches),
+                         in_shardings=(shardings, batch_sharding, replicated),
+                         out_shardings=(shardings, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(self.model), in_shardings=(shardings.params, batch_sharding),
+                        out_shardings=(replicated, replicated))
 
-  def run_eval():
+    def get_batch(step):
+      rows = self.train_ds.batch(step, plan.batch_size, plan.seq_len, config.seed,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+      return sharding.global_batch(rows, mesh)
+
+    writer = metrics_lib.MetricWriter(self.workdir, enabled=is_main, resume_step=start,
+                                      tensorboard=config.train.tensorboard)
     with jax.set_mesh(mesh), sharding.axis_rules():
-      return evaluate(eval_step, state.params, val_ds, mesh, batch_size=plan.eval_batch_size, seq_len=plan.seq_len,
-                      num_batches=plan.eval_batches)
+      started = time.perf_counter()
+      compiled = train_step.lower(state, get_batch(start), self.dropout_rng).compile()
+    writer.info("Compiled train_step in %.1f s.", time.perf_counter() - started)
 
-  with jax.set_mesh(mesh), sharding.axis_rules():
-    started = time.perf_counter()
-    compiled = train_step.lower(state, get_batch(start), dropout_rng).compile()
-  writer.info("Compiled train_step in %.1f s.", time.perf_counter() - started)
+    peak = config.train.peak_flops_per_device or metrics_lib.peak_flops_per_device()
+    if not peak:
+      writer.info("MFU is not reported: no known peak FLOP/s for device kind %r (a CPU has no meaningful one); "
+                  "set config.train.peak_flops_per_device to report it.", jax.devices()[0].device_kind)
+    flops_token = metrics_lib.flops_per_token(self.model_config, plan.seq_len)
+    early_stop = _EarlyStopping(config.eval.early_stop_patience, config.eval.early_stop_min_delta)
+    losses: list[float] = []
+    pending = None  # (step, device metrics) of the step dispatched last, read on the host one step later.
+    last = {}
 
-  peak = config.train.peak_flops_per_device or peak_flops_per_device()
-  flops_token = flops_per_token(model_config, plan.seq_len)
-  tokens_per_step = plan.batch_size * plan.seq_len
-  best_val, evals_since_best, last = math.inf, 0, {}
-  losses: list[float] = []
-  pending = None  # (step, device metrics) of the step dispatched last, read one step later.
+    def settle():
+      """Reads the pending step's metrics on the host; stops the run if they are not finite."""
+      nonlocal pending
+      if pending is None:
+        return
+      (step, metrics), pending = pending, None
+      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        ckpt.wait()  # A save still in flight is a good checkpoint too.
+        saved = ckpt.latest_step()
+        raise FloatingPointError(
+            f"Training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Stopped; the last good "
+            f"checkpoint is {'step %d in %s' % (saved, ckpt.directory) if saved is not None else 'none'}. Lower "
+            f"config.opt.lr, raise config.opt.warmup_steps, or check the data.")
+      losses.append(loss)
 
-  def settle():
-    """Reads the pending step's metrics on the host; stops the run if they are not finite."""
-    nonlocal pending
-    if pending is None:
-      return
-    step, metrics = pending
-    pending = None
-    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-      saved = ckpt.latest_step()
-      raise _NonFinite(
-          f"Training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Stopped; the last good "
-          f"checkpoint is {'step %d in %s' % (saved, ckpt.directory) if saved is not None else 'none'}. Lower "
-          f"config.opt.lr, raise config.opt.warmup_steps, or check the data.")
-    losses.append(loss)
-
-  interval_start, interval_steps = time.perf_counter(), 0
-  step = start
-  try:
-    while step < plan.steps:
-      state, metrics = compiled(state, get_batch(step), dropout_rng)
-      settle()  # The previous step: the device is already busy with this one.
-      step += 1
-      interval_steps += 1
-      pending = (step, metrics)
-      do_eval = step % plan.eval_every == 0 or step == plan.steps
-      do_save = step % plan.checkpoint_every == 0 or step == plan.steps
-      do_log = step % plan.log_every == 0 or do_eval or step == plan.steps
-      if not (do_eval or do_save or do_log):
-        continue
+    interval_start, interval_steps, step = time.perf_counter(), 0, start
+    try:
+      while step < plan.steps:
+        state, metrics = compiled(state, get_batch(step), self.dropout_rng)
+        settle()  # The previous step's metrics: the device is already busy with this one.
+        step, interval_steps, pending = step + 1, interval_steps + 1, (step + 1, metrics)
+        do_eval = step % plan.eval_every == 0 or step == plan.steps
+        do_save = step % plan.checkpoint_every == 0 or step == plan.steps
+        if not (do_eval or do_save or step % plan.log_every == 0):
+          continue
+        settle()  # Nothing unchecked may reach a checkpoint.
+        elapsed = time.perf_counter() - interval_start
+        record = {"train_loss": float(np.mean(losses)), "lr": float(self.schedule(step - 1)),
+                  "tokens_per_sec": interval_steps * plan.batch_size * plan.seq_len / elapsed,
+                  "step_time_s": elapsed / interval_steps, "grad_norm": float(metrics["grad_norm"])}
+        record["mfu"] = record["tokens_per_sec"] * flops_token / (peak * jax.device_count()) if peak else None
+        if do_eval:
+          with jax.set_mesh(mesh), sharding.axis_rules():
+            record.update(evaluate(eval_step, state.params, self.val_ds, mesh, batch_size=plan.eval_batch_size,
+                                   seq_len=plan.seq_len, num_batches=plan.eval_batches))
+        writer.info("%s", metrics_lib.format_line(step, plan.steps, record))
+        writer.write(step, record)
+        last = dict(record, step=step)
+        stop = do_eval and early_stop.update(record["val_loss"])
+        if stop:
+          writer.info("Early stop at step %d: no validation improvement in %d evaluations (best %.4f).",
+                      step, early_stop.patience, early_stop.best)
+        if do_save or stop:
+          ckpt.save(step, state.params, state.opt_state, self.meta(record.get("val_loss")),
+                    val_loss=record.get("val_loss"))
+        losses.clear()
+        interval_start, interval_steps = time.perf_counter(), 0
+        if stop:
+          break
       settle()
-      elapsed = time.perf_counter() - interval_start
-      record = {"train_loss": float(np.mean(losses)), "lr": float(schedule(step - 1)),
-                "tokens_per_sec": interval_steps * tokens_per_step / elapsed, "step_time_s": elapsed / interval_steps,
-                "grad_norm": float(metrics["grad_norm"])}
-      record["mfu"] = record["tokens_per_sec"] * flops_token / (peak * jax.device_count()) if peak else None
-      val_loss = None
-      if do_eval:
-        record.update(run_eval())
-        val_loss = record["val_loss"]
-      writer.info("%s", _format_line(step, plan.steps, record))
-      writer.write(step, record)
-      last = dict(record, step=step)
-      if do_save:
-        ckpt.save(step, state.params, state.opt_state, _meta(config, plan, tokenizer, model_config, val_loss),
-                  val_loss=val_loss)
-      stop = False
-      if val_loss is not None:
-        if val_loss < best_val - config.eval.early_stop_min_delta:
-          best_val, evals_since_best = val_loss, 0
-        else:
-          evals_since_best += 1
-          patience = config.eval.early_stop_patience
-          if patience and evals_since_best >= patience:
-            writer.info("Early stop at step %d: no validation improvement in %d evaluations (best %.4f).",
-                        step, evals_since_best, best_val)
-            stop = True
-      losses.clear()
-      interval_start, interval_steps = time.perf_counter(), 0
-      if stop:
-        if not do_save:
-          ckpt.save(step, state.params, state.opt_state,
-                    _meta(config, plan, tokenizer, model_config, val_loss), val_loss=val_loss)
-        break
-    settle()
-  except _NonFinite as e:
-    writer.close()
-    raise FloatingPointError(str(e)) from None
-  writer.close()
-  if math.isfinite(best_val):
-    last["best_val_loss"] = best_val
-  last.setdefault("step", step)
-  return last
+    finally:
+      writer.close()
+    if math.isfinite(early_stop.best):
+      last["best_val_loss"] = early_stop.best
+    return last or {"step": step}
+
+
+class _EarlyStopping:
+  """Counts evaluations without an improvement of at least `min_delta`; patience 0 never stops."""
+
+  def __init__(self, patience: int, min_delta: float):
+    self.patience, self.min_delta = patience, min_delta
+    self.best, self.since_best = math.inf, 0
+
+  def update(self, val_loss: float) -> bool:
+    """Records an evaluation; True when the run should stop."""
+    if val_loss < self.best - self.min_delta:
+      self.best, self.since_best = val_loss, 0
+    else:
+      self.since_best += 1
+    return bool(self.patience) and self.since_best >= self.patience

@@ -46,7 +46,6 @@ def tiny_config(root: pathlib.Path, **overrides):
   config.eval.num_batches = 2
   config.opt.lr = 1e-2
   config.opt.warmup_steps = 2
-  config.checkpoint.async_save = False
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

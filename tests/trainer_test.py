@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -166,3 +167,24 @@ def test_bad_settings_get_errors_that_name_them(root):
     trainer.train_and_evaluate(tiny_config(root, **{"opt.warmup_steps": 6}), root / "bad4")
   with pytest.raises(FileNotFoundError, match="config.init_from='/nonexistent/model' is neither 'scratch'"):
     trainer.train_and_evaluate(tiny_config(root, **{"init_from": "/nonexistent/model"}), root / "bad3")
+
+
+def test_weight_decay_reaches_matrices_and_embeddings_only(root):
+  # One update with and without weight decay from the same state and batch: the difference is the decay term.
+  # Every parameter is made non-zero first (biases start at 0, where decay would be invisible).
+  config = model_lib.ModelConfig.from_dict(tiny_config(root).model.to_dict())
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  _, train, _ = data.prepare(tiny_config(root).data.source, "char", cache_dir=root / "cache", progress=False)
+  batch = sharding.global_batch(train.batch(0, 8, SEQ_LEN, seed=0), mesh)
+  params = jax.tree.map(lambda p: p + 0.5, nn.meta.unbox(model_lib.init_params(config, jax.random.key(0))))
+  updated = []
+  for weight_decay in (0.0, 0.5):
+    tx, _ = optim.make_optimizer(lr=1e-2, warmup_steps=0, total_steps=10, weight_decay=weight_decay)
+    state, _ = trainer.init_train_state(config, tx, mesh, jax.random.key(0), params=params)
+    new_state, _ = jax.jit(trainer.make_train_step(model_lib.GPT(config), tx, mesh))(state, batch, jax.random.key(1))
+    updated.append(jax.device_get(new_state.params))
+  decayed = {jax.tree_util.keystr(path) for path, changed in jax.tree_util.tree_flatten_with_path(
+      jax.tree.map(lambda a, b: bool(np.any(a != b)), updated[0], updated[1]))[0] if changed}
+  kernels = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+             if path[-1].key in ("kernel", "embedding")}
+  assert decayed == kernels  # Not the [3, H, K] c_attn bias, nor any other bias or LayerNorm parameter.
