@@ -89,6 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_batches = 20  # Validation batches per evaluation (the same windows every time); 0 = whole split.
   config.eval.early_stop_patience = 0  # Stop after this many evaluations without improvement; 0 = never.
   config.eval.early_stop_min_delta = 0.0  # Improvement smaller than this does not count.
+  # Zero-shot tasks run on the final checkpoint (gptjax/evaluate.py), written to <workdir>/eval_results.json:
+  # 'task' or 'task=data' entries separated by ';', e.g. "perplexity; multiple_choice=hellaswag.jsonl".
+  # A bare 'perplexity' scores this run's own validation documents. '' = none.
+  config.eval.tasks = ""
+  config.eval.tasks_max_examples = 0  # Evaluate only the first N documents / examples of each task; 0 = all.
 
   # The device mesh (gptjax/sharding.py): data x fsdp x tensor must equal the number of devices.
   config.mesh = ml_collections.ConfigDict()

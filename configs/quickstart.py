@@ -9,7 +9,9 @@ Expected (measured three times on 2026-11-23 on a 2-core cloud VM shared with ot
 Python 3.11.7's stdlib): 421, 458 and 433 s wall in all, tokenising and compiling included; 1.0-1.7 s per step.
 Every run ended at validation loss 4.956 nats per token (perplexity 142) at step 300, against 6.417 for a model
 that knows only token frequencies (the unigram baseline; `python experiments/unigram_baseline.py --config
-configs/quickstart.py`) and 7.625 for a uniform guess.
+configs/quickstart.py`) and 7.625 for a uniform guess. The final zero-shot perplexity of the whole validation
+text (`config.eval.tasks`) adds about a minute (8:41 wall in all, measured once under the same load): token
+perplexity 141.1, 2.29 bits per byte.
 The validation text is the alphabetical tail of the stdlib (other modules than the training text), hence
 train loss 4.49 < val 4.96. Other Python versions have other stdlibs: expect nearby, not identical, numbers.
 
@@ -44,4 +46,5 @@ def get_config():
   config.train.eval_every = 100
   config.eval.batch_size = 16
   config.eval.num_batches = 10  # The same 20k validation tokens at every evaluation.
+  config.eval.tasks = "perplexity"  # At the end: perplexity and bits per byte of the whole validation text.
   return config

@@ -112,6 +112,75 @@ class LanguageModel:
                                   batch_size=batch_size)
     return scores[0] if single else scores
   # ---- End of evaluation -----------------------------------------------------------------------------------------
+  # ----- Decoding (branch `sample`; the work is in gptjax/generation.py and gptjax/sampling.py) --------------------
+
+  def generate(self, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, seed: int = 0, stop=None, num_samples: int = 1,
+               stop_at_eos: bool = True, truncate_prompt: bool = False) -> list:
+    """Continues each prompt by up to `max_new_tokens` tokens, with a cached decoding loop compiled once per shape.
+
+    The next token is chosen from the last logits l (a vector over the vocabulary) in this order (as Hugging Face):
+      1. repetition penalty r (CTRL, Keskar et al. 2019): for every token id present in the prompt or generated so
+         far, l_i <- l_i / r if l_i > 0 else l_i * r. r = 1 is off; r > 1 discourages repeats.
+      2. temperature T: p = softmax(l / T). T = 0 is greedy: argmax l (the lowest id among ties); then the steps
+         below cannot change the result and `seed` is unused.
+      3. top-k: logits below the k-th largest become -inf (ties with the k-th are kept). k = 0 is off.
+      4. top-p (nucleus, Holtzman et al. 2019): with the remaining probabilities sorted decreasing, p_(1) >= p_(2)
+         >= ..., token (i) is kept iff p_(1) + ... + p_(i-1) < top_p: the smallest set whose mass reaches top_p,
+         never empty. top_p = 1 is off.
+      5. The token is drawn from softmax of what is left, with a key derived from (seed, prompt index, sample
+         index, step): results do not depend on which other prompts share the batch.
+
+    Stopping: each row stops on its own, at `<|endoftext|>` (when the tokenizer has one and `stop_at_eos`; GPT-1
+    has none, so it stops only at `stop` sequences or `max_new_tokens`), at any `stop` sequence, or after
+    `max_new_tokens` tokens. The stop sequence or `<|endoftext|>` is not part of the returned continuation.
+
+    Args:
+      prompts: A list of strings, or a list of token-id lists. None: one unconditional sample, started from
+        `<|endoftext|>` as GPT-2 samples.
+      max_new_tokens: Most tokens to generate per sample. The prompt plus this must fit in `config.block_size`.
+      temperature: T >= 0 (0 = greedy).
+      top_k: k >= 0 and <= vocab size (0 = off).
+      top_p: In (0, 1] (1 = off).
+      repetition_penalty: r > 0 (1 = off).
+      seed: Integer seed of the draws.
+      stop: Stop sequences: a string, a list of strings (text prompts only: matched on the generated text, and
+        the loop also stops early when the generated ids equal the string's encoding), a token-id list or a list of
+        them (matched on ids). A list with one such entry per prompt (each a list, or None) gives per-prompt stops.
+      num_samples: Samples per prompt.
+      stop_at_eos: Stop at `<|endoftext|>` (False: always generate `max_new_tokens`, e.g. for benchmarks).
+      truncate_prompt: When prompt + max_new_tokens exceed the context, keep only the prompt's last
+        `block_size - max_new_tokens` tokens instead of raising.
+
+    Returns:
+      The continuations (without the prompt), prompt-major: `len(prompts) * num_samples` strings for text prompts,
+      token-id lists for id prompts.
+
+    Raises:
+      ValueError: an empty or overlong prompt, an id outside the vocabulary, or a parameter outside its range (the
+        message names it).
+    """
+    from gptjax import generation  # pylint: disable=g-import-not-at-top
+    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return generation.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
+                             stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
+
+  def stream(self, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             repetition_penalty: float = 1.0, seed: int = 0, stop=None, stop_at_eos: bool = True,
+             truncate_prompt: bool = False):
+    """Yields the continuation of one prompt piece by piece as tokens arrive, for servers and notebooks.
+
+    Same arguments and maths as `generate` for a single prompt (a string, a token-id list, or None), and the same
+    result: `''.join(stream(p, ...)) == generate([p], ...)[0]`. Text pieces never split a UTF-8 character and never
+    show a prefix of a stop string that then completes. Id prompts yield lists of new ids. Breaking out of the loop
+    stops the computation.
+    """
+    from gptjax import generation  # pylint: disable=g-import-not-at-top
+    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return generation.stream(self, prompt, max_new_tokens, params, seed=seed, stop=stop, stop_at_eos=stop_at_eos,
+                           truncate_prompt=truncate_prompt)
+
+  # ----- End of decoding ---------------------------------------------------------------------------------------------
 
   def save(self, out_dir: os.PathLike, format: str = "hf") -> pathlib.Path:  # pylint: disable=redefined-builtin
     """Saves the model (and tokenizer files) to `out_dir`.
@@ -126,7 +195,35 @@ class LanguageModel:
     hf.save_hf(out_dir, self.config, jax.device_get(self.params), eos_id=eos_id)
     if self.tokenizer is not None:
       self.tokenizer.save(out_dir)
+    if self.head is not None:  # A fine-tuned task head (gptjax.finetune), saved beside the weights.
+      self.head.save(out_dir)
     return out_dir
+
+  # ---- Fine-tuned task heads (gptjax/finetune.py) ----------------------------------------------------------------
+  head = None  # A `finetune.TaskHead` once fine-tuned; `load` restores it from `finetune.json` + `head.safetensors`.
+
+  def classify(self, inputs, *, probabilities: bool = False):
+    """Labels (or regression scores) from a fine-tuned classification / entailment / similarity head.
+
+    Args:
+      inputs: One input or a list: a str (classification), a (str, str) pair (entailment, similarity), or a dict
+        of the task's named fields.
+      probabilities: Return {label: probability} per input instead of the label.
+    """
+    from gptjax import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.classify(self, inputs, probabilities=probabilities)
+
+  def choose(self, context, choices, *, probabilities: bool = False):
+    """Index of the best answer from a fine-tuned multiple-choice head (GPT-1: softmax across answers).
+
+    Args:
+      context: A str, or a list of str.
+      choices: The answers (list of str) for the context, or one such list per context.
+      probabilities: Return the softmax across answers instead of the index.
+    """
+    from gptjax import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.choose(self, context, choices, probabilities=probabilities)
+  # ---- end of fine-tuned task heads ------------------------------------------------------------------------------
 
 
 def _load_tokenizer_if_present(directory: pathlib.Path):
@@ -156,10 +253,15 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
       config, params, _ = checkpoint.load_workdir(path)
       return LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
   # --- end of gptjax run folders. ---
+  if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir (gptjax.finetune): its best model.
+    path = path / "best"
   if path.is_dir():
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)
-      return LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
+      model = LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
+      from gptjax import finetune  # pylint: disable=g-import-not-at-top
+      model.head = finetune.load_head(path)  # None unless the folder holds a fine-tuned task head.
+      return model
     raise FileNotFoundError(f"{path} is a folder but not a model: expected config.json with "
                             "model.safetensors or pytorch_model.bin (a Hugging Face folder)")
   if path.exists():

@@ -45,7 +45,11 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # One console for the whole job.
   logging.info("Config:\n%s", _CONFIG.value)
-  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if "finetune" in _CONFIG.value:  # configs/finetune_*.py: GPT-1 task fine-tuning (gptjax/finetune.py).
+    from gptjax import finetune  # pylint: disable=g-import-not-at-top
+    result = finetune.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  else:
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Done: %s", result)
 
 

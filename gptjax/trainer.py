@@ -303,9 +303,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   ckpt = checkpoint_lib.Checkpointer(workdir / checkpoint_lib.CHECKPOINT_DIR, max_to_keep=c.max_to_keep,
                                      keep_best=c.keep_best, async_save=c.async_save)
   try:
-    return _Run(config, workdir, mesh, ckpt).train()
+    result = _Run(config, workdir, mesh, ckpt).train()
   finally:
     ckpt.close()  # Waits for the last async save, also when a NaN or an interrupt ends the run.
+  if config.eval.get("tasks"):
+    result["tasks"] = run_eval_tasks(config, workdir)
+  return result
+
+
+def parse_eval_tasks(spec: str) -> list[tuple[str, Optional[str]]]:
+  """`config.eval.tasks` -> [(task, data or None)]: entries `task` or `task=data`, separated by ';'."""
+  from gptjax import evaluate  # pylint: disable=g-import-not-at-top
+  entries = []
+  for entry in filter(None, (e.strip() for e in spec.split(";"))):
+    task, _, data = entry.partition("=")
+    if task.strip() not in evaluate.TASKS:
+      raise ValueError(f"config.eval.tasks entry {entry!r}: unknown task {task.strip()!r}; expected one of "
+                       f"{evaluate.TASKS}, as 'task' or 'task=data' separated by ';'")
+    if not data and task.strip() != "perplexity":
+      raise ValueError(f"config.eval.tasks entry {entry!r}: {task.strip()} needs its data, as '{task.strip()}=<source>'")
+    entries.append((task.strip(), data.strip() or None))
+  return entries
+
+
+def run_eval_tasks(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict]:
+  """Evaluates the run's last checkpoint on `config.eval.tasks`; writes `<workdir>/eval_results.json`.
+
+  `perplexity` without data scores the run's own validation documents (the same corpus, split and tokenizer as
+  the validation loss, each document scored from `<|endoftext|>`). Runs on process 0 with the parameters gathered
+  to one device (the evaluation code is single-device).
+  """
+  from gptjax import evaluate, language_model  # pylint: disable=g-import-not-at-top
+  tasks = parse_eval_tasks(config.eval.tasks)
+  if jax.process_index() != 0:
+    return {}
+  lm = language_model.load(workdir)
+  results = {}
+  for task, data in tasks:
+    if data is None:
+      d = config.data
+      corpus = data_lib.load_corpus(d.source, val_fraction=d.val_fraction, tfds_data_dir=d.tfds_data_dir or None,
+                                    download=False, builtin_max_bytes=d.builtin_max_bytes)
+      data, name = list(corpus.val), f"{d.source} (validation split)"
+    else:
+      name = data
+    result = evaluate.run_task(lm, task, data, max_examples=config.eval.tasks_max_examples, progress=False)
+    result["data"] = name
+    results[f"{task}:{name}"] = result
+    logging.info("Evaluation of %s on %s:\n%s", task, name, evaluate.format_table(result))
+  (workdir / "eval_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+  return results
 
 
 class _Run:

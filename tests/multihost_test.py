@@ -33,17 +33,23 @@ def test_two_processes_train_like_one(tmp_path):
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   port = _free_port()
-  processes = [subprocess.Popen(
-      [sys.executable, "-m", "gptjax.train", f"--config={config_file}", f"--workdir={workdir}",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = []
+  # Each process logs to its own file: a pipe left unread while waiting on the other process could fill up and
+  # block it inside a collective, hanging both.
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  processes = []
+  for i in range(2):
+    with open(logs[i], "w") as log:
+      processes.append(subprocess.Popen(
+          [sys.executable, "-m", "gptjax.train", f"--config={config_file}", f"--workdir={workdir}",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+          env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
   try:
     for p in processes:
-      outputs.append(p.communicate(timeout=300)[1])
+      p.wait(timeout=600)
   finally:
     for p in processes:
       p.kill()
+  outputs = [log.read_text() for log in logs]
   for i, (p, err) in enumerate(zip(processes, outputs)):
     assert p.returncode == 0, f"process {i}:\n{err[-3000:]}"
   assert "Process 0 of 2; 2 local devices, 4 in all." in outputs[0]

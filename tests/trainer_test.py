@@ -1,6 +1,7 @@
 """A whole tiny training run on real files (and on mocked TFDS): logs, evaluation, resume; the pure steps."""
 
 import dataclasses
+import json
 import math
 import os
 
@@ -33,7 +34,8 @@ def root(tmp_path_factory):
 def finished_run(root):
   """A 6-step run that evaluates at steps 3 and 6, with TensorBoard on."""
   workdir = root / "run"
-  result = trainer.train_and_evaluate(tiny_config(root, **{"train.tensorboard": True}), workdir)
+  config = tiny_config(root, **{"train.tensorboard": True, "eval.tasks": f"perplexity; perplexity=text:{root}/corpus/*.txt"})
+  result = trainer.train_and_evaluate(config, workdir)
   return workdir, result
 
 
@@ -51,6 +53,24 @@ def test_a_run_logs_every_step_and_evaluates(finished_run):
   assert result["step"] == 6 and result["val_loss"] == metrics[-1]["val_loss"]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+
+
+def test_zero_shot_tasks_score_the_final_model_on_the_runs_validation_text(root, finished_run):
+  workdir, result = finished_run
+  saved = json.loads((workdir / "eval_results.json").read_text())
+  assert set(saved) == set(result["tasks"]) and len(saved) == 2
+  own = next(r for name, r in saved.items() if "validation split" in name)
+  # Recomputed independently: the loaded model's log-probabilities of the corpus's validation documents.
+  config = tiny_config(root)
+  val_docs = list(data.load_corpus(config.data.source, val_fraction=config.data.val_fraction).val)
+  scores = gptjax.load(workdir).score(val_docs)
+  nll, tokens = -sum(s.logprob for s in scores), sum(s.num_tokens for s in scores)
+  assert own["counts"]["tokens"] == tokens
+  np.testing.assert_allclose(own["metrics"]["token_perplexity"], math.exp(nll / tokens), rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown task 'perplexty'"):
+    trainer.parse_eval_tasks("perplexty")
+  with pytest.raises(ValueError, match="lambada needs its data"):
+    trainer.parse_eval_tasks("perplexity; lambada")
 
 
 def test_logged_learning_rates_follow_warmup_then_cosine(finished_run):

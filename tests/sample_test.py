@@ -1,0 +1,27 @@
+"""`python -m gptjax.sample`, run as a real subprocess on a tiny saved Hugging Face folder with tokenizer files."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from gptjax.tokenizer import train_bpe
+from tiny_lm import CORPUS, text_lm
+
+
+def test_sample_command_prints_the_samples(tmp_path):
+  lm = text_lm(train_bpe(CORPUS, 300))
+  lm.save(tmp_path / "model")
+  (tmp_path / "prompt.txt").write_text("Hello 日本", encoding="utf-8")
+  env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1]), "JAX_PLATFORMS": "cpu",
+         "PYTHONIOENCODING": "utf-8"}
+  command = [sys.executable, "-m", "gptjax.sample", f"--model={tmp_path / 'model'}",
+             f"--start=FILE:{tmp_path / 'prompt.txt'}", "--num_samples=4", "--max_new_tokens=12", "--temperature=1.5",
+             "--top_k=50", "--seed=3"]
+  out = subprocess.run(command, capture_output=True, text=True, env=env, encoding="utf-8", timeout=300)
+  assert out.returncode == 0, out.stderr
+  samples = lm.generate(["Hello 日本"], 12, temperature=1.5, top_k=50, seed=3, num_samples=4)
+  assert out.stdout == "".join(f"Hello 日本{s}\n{'-' * 40}\n" for s in samples)
+  bad = subprocess.run(command[:4] + ["--top_p=2"], capture_output=True, text=True, env=env, timeout=300)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines()[-1] == "gptjax.sample: error: top_p must be in (0, 1] (1 = off), got 2.0"
