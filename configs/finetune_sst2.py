@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = "openai-gpt"
   config.seed = 0  # Head init, new embedding rows, dropout and the per-epoch shuffle.
 
-  # Runtime fields of the model (the architecture and weights come from init_from; see trainer.initial_model).
+  # Runtime fields of the model (the architecture and weights come from init_from; see checkpoint.initial_weights).
   config.model = ml_collections.ConfigDict()
   config.model.dropout_rate = 0.1  # Residual and embedding dropout while fine-tuning (GPT-1: 0.1).
   config.model.attention_dropout_rate = 0.1  # Dropout on attention probabilities.
