@@ -72,7 +72,7 @@ def _peak_host_bytes() -> int:
 
 def _run_jax() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from gptjax import model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from gptjax import metrics as metrics_lib, model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
 
   on_gpu = jax.devices()[0].platform == "gpu"
   config = _model_config(on_gpu)
@@ -98,14 +98,14 @@ def _run_jax() -> dict:
           "loss": loss, "params": model_lib.count_params(state.params),
           "peak_bytes": stats["peak_bytes_in_use"] if stats else _peak_host_bytes(),
           "memory_kind": "device" if stats else "host RSS", "num_devices": jax.device_count(),
-          "flops_per_token": trainer.flops_per_token(config, _SEQ_LEN.value),
-          "peak_flops": trainer.peak_flops_per_device()}
+          "flops_per_token": metrics_lib.flops_per_token(config, _SEQ_LEN.value),
+          "peak_flops": metrics_lib.peak_flops_per_device()}
 
 
 def _run_torch() -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from gptjax import trainer  # pylint: disable=g-import-not-at-top  (FLOP count and peak table only)
+  from gptjax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top  (FLOP count and peak table only)
 
   on_gpu = torch.cuda.is_available()
   device = torch.device("cuda" if on_gpu else "cpu")
@@ -149,8 +149,8 @@ def _run_torch() -> dict:
           "params": sum(p.numel() for p in model.parameters()),
           "peak_bytes": torch.cuda.max_memory_allocated() if on_gpu else _peak_host_bytes(),
           "memory_kind": "device" if on_gpu else "host RSS", "num_devices": 1,
-          "flops_per_token": trainer.flops_per_token(config, _SEQ_LEN.value),
-          "peak_flops": trainer.peak_flops_per_device() if on_gpu else None}
+          "flops_per_token": metrics_lib.flops_per_token(config, _SEQ_LEN.value),
+          "peak_flops": metrics_lib.peak_flops_per_device() if on_gpu else None}
 
 
 def main(argv):

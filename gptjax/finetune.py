@@ -360,7 +360,7 @@ def choose(model, context, choices, *, probabilities: bool = False):
 
 
 def load_pretrained(config) -> tuple[ModelConfig, dict, Any, str]:
-  """The model named by `config.init_from` (via `trainer.initial_model`) and its tokenizer.
+  """The model named by `config.init_from` (via `checkpoint.initial_weights`) and its tokenizer.
 
   `init_from` is a gptjax run folder (its tokenizer is `<workdir>/tokenizer`), a Hugging Face folder (tokenizer
   files beside the weights) or a hub name; `config.finetune.tokenizer` overrides where the tokenizer comes from.
@@ -368,13 +368,14 @@ def load_pretrained(config) -> tuple[ModelConfig, dict, Any, str]:
   Returns:
     (model config with `config.model`'s runtime fields, host params, tokenizer, description).
   """
-  from gptjax import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from gptjax import checkpoint  # pylint: disable=g-import-not-at-top
   from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
   source = config.init_from
   if source in ("", "scratch"):
     raise ValueError("Fine-tuning needs a pre-trained model: set init_from to a gptjax run folder, a Hugging Face "
                      "folder or a hub name (e.g. openai-gpt, gpt2)")
-  model_config, params, description = trainer.initial_model(config)
+  requested = ModelConfig.from_dict(config.model.to_dict())
+  model_config, params, description = checkpoint.initial_weights(source, requested)
   path = pathlib.Path(source).expanduser()
   tokenizer_source = config.finetune.get("tokenizer") or (
       path / checkpoint.TOKENIZER_DIR if checkpoint.is_workdir(path) else source)
@@ -454,7 +455,7 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
   `python -m gptjax.train --config configs/finetune_<task>.py --workdir DIR` calls this. It writes to `workdir`:
   `best/` (the best model so far: `gptjax.load(workdir / 'best')` restores it with its head), `checkpoints/`
   (`gptjax.checkpoint`: the latest step to resume from and the best one, ranked by `val_loss` = -metric),
-  `metrics.jsonl` and TensorBoard events (`trainer.MetricWriter`). Running again resumes.
+  `metrics.jsonl` and TensorBoard events (`metrics.MetricWriter`). Running again resumes.
 
   Batches: each epoch is a permutation drawn from (seed, epoch) and a step's rows are a slice of it, so the step is
   the data position and a resumed run sees the batches of an uninterrupted one. Runs on one device.
@@ -462,7 +463,7 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
   Returns:
     {'step', 'metric', 'best_step', 'best_metric', 'best': the best evaluation's metrics}.
   """
-  from gptjax import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from gptjax import checkpoint, metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   ft, opt, train, evaluation = config.finetune, config.opt, config.train, config.eval
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -522,7 +523,7 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
     logging.info("Resumed from step %d of %s.", step, ckpt.directory)
   else:
     logging.info("Initialised from %s.", description)
-  writer = trainer.MetricWriter(workdir, enabled=True, resume_step=step, tensorboard=train.tensorboard)
+  writer = metrics_lib.MetricWriter(workdir, enabled=True, resume_step=step, tensorboard=train.tensorboard)
   eval_every = train.eval_every or steps_per_epoch
   logging.info("Fine-tuning %s: %d train / %d val examples of %d tokens, labels %s, %d steps (%d per epoch).",
                spec.task, len(train_data), len(val_data), length, list(spec.labels) or spec.kind, total_steps,
