@@ -455,7 +455,7 @@ def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
   `python -m gptjax.train --config configs/finetune_<task>.py --workdir DIR` calls this. It writes to `workdir`:
   `best/` (the best model so far: `gptjax.load(workdir / 'best')` restores it with its head), `checkpoints/`
   (`gptjax.checkpoint`: the latest step to resume from and the best one, ranked by `val_loss` = -metric),
-  `metrics.jsonl` and TensorBoard events (`gptjax.metrics.MetricWriter`). Running again resumes.
+  `metrics.jsonl` and TensorBoard events (`metrics.MetricWriter`). Running again resumes.
 
   Batches: each epoch is a permutation drawn from (seed, epoch) and a step's rows are a slice of it, so the step is
   the data position and a resumed run sees the batches of an uninterrupted one. Runs on one device.
