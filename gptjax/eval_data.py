@@ -114,7 +114,8 @@ def _python_values(value):
 
 
 def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_data_dir: Optional[str] = None,
-                   field: Optional[str] = None, val_fraction: Optional[float] = None) -> Records:
+                   field: Optional[str] = None, val_fraction: Optional[float] = None,
+                   builtin_max_bytes: Optional[int] = None) -> Records:
   """Reads what `task` needs from `source`.
 
   Args:
@@ -129,6 +130,7 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
     tfds_data_dir: TFDS data_dir.
     field: The text field for perplexity and lambada (default: `text` in JSONL; the only string in TFDS).
     val_fraction: With split 'train'/'val': the held-out fraction, as the trainer's data config has it.
+    builtin_max_bytes: With `builtin:python`: the size cap, as the trainer's data config has it.
 
   Returns:
     `Records` of str (perplexity, lambada) or dicts (multiple_choice).
@@ -146,7 +148,7 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
     if task != "perplexity":
       raise ValueError(f"{task} cannot read {source!r} with split {split!r}: the trainer's train/val documents "
                        f"are for perplexity")
-    records = _training_split(source, split or "val", tfds_data_dir, field, val_fraction)
+    records = _training_split(source, split or "val", tfds_data_dir, field, val_fraction, builtin_max_bytes)
   elif kind == "text" and arg:
     records = read_text_files(arg)
     if task == "lambada":
@@ -173,7 +175,7 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
 
 
 def _training_split(source: str, split: str, tfds_data_dir: Optional[str], field: Optional[str],
-                    val_fraction: Optional[float]) -> Records:
+                    val_fraction: Optional[float], builtin_max_bytes: Optional[int] = None) -> Records:
   """The trainer's own train or val documents (`gptjax.data.load_corpus`), so eval numbers match its split."""
   from gptjax import data  # pylint: disable=g-import-not-at-top
   if split not in TRAINING_SPLITS:
@@ -181,6 +183,8 @@ def _training_split(source: str, split: str, tfds_data_dir: Optional[str], field
   if field and source.startswith("tfds:") and not parse_tfds_spec(source[5:])[1]:
     source = f"{source}:{field}"
   options = {} if val_fraction is None else {"val_fraction": val_fraction}
+  if builtin_max_bytes:
+    options["builtin_max_bytes"] = builtin_max_bytes
   corpus = data.load_corpus(source, tfds_data_dir=tfds_data_dir, download=False, **options)
   documents = list(corpus.train if split == "train" else corpus.val)
   return Records(documents, [f"{source}[{split}] document {i}" for i in range(len(documents))])

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.eval_data import TASKS, Records, check_choice_example, load_task_data
+from gptjax.eval_data import TASKS, TRAINING_SPLITS, Records, check_choice_example, load_task_data
 from gptjax.model import GPT, ModelConfig
 
 JOINS = ("concat", "documents")
@@ -481,7 +481,7 @@ def main(argv: Sequence[str]) -> None:
   try:  # Bad input gets its message (what and where) and exit status 1, without a traceback.
     # The data first: a malformed line is reported in seconds, before a large model is loaded.
     records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
-                             val_fraction=f.val_fraction)
+                             **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
     lm = load(f.model)
     if f.tokenizer:
       from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
@@ -492,6 +492,23 @@ def main(argv: Sequence[str]) -> None:
   print(format_table(result))
   if f.output:
     print(f"wrote {write_json(result, f.output)}")
+
+
+def _run_split_settings(model: str, source: str, split: Optional[str], val_fraction: Optional[float]) -> dict:
+  """How to split `source` into train/val: the flags, else the training run's own data config.
+
+  With `--model` a gptjax workdir trained on `source`, `--split val` must read the very documents the run
+  validated on, so its `val_fraction` and `builtin_max_bytes` are taken from the run's `config.json`.
+  """
+  from gptjax import checkpoint  # pylint: disable=g-import-not-at-top
+  settings = {"val_fraction": val_fraction}
+  if split in TRAINING_SPLITS and checkpoint.is_workdir(model):
+    run_data = checkpoint.read_run_config(model).get("data", {})
+    if run_data.get("source") == source:
+      if val_fraction is None:
+        settings["val_fraction"] = run_data.get("val_fraction")
+      settings["builtin_max_bytes"] = run_data.get("builtin_max_bytes")
+  return settings
 
 
 def _define_flags() -> None:

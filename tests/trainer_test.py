@@ -67,6 +67,13 @@ def test_zero_shot_tasks_score_the_final_model_on_the_runs_validation_text(root,
   nll, tokens = -sum(s.logprob for s in scores), sum(s.num_tokens for s in scores)
   assert own["counts"]["tokens"] == tokens
   np.testing.assert_allclose(own["metrics"]["token_perplexity"], math.exp(nll / tokens), rtol=1e-5)
+  # The evaluate CLI, given the run folder and its source with --split val, reads the same documents.
+  from gptjax import evaluate  # pylint: disable=g-import-not-at-top
+  settings = evaluate._run_split_settings(str(workdir), config.data.source, "val", None)
+  assert settings == {"val_fraction": config.data.val_fraction, "builtin_max_bytes": config.data.builtin_max_bytes}
+  assert evaluate._run_split_settings(str(workdir), "builtin:python", "val", None) == {"val_fraction": None}
+  records = evaluate.load_task_data("perplexity", config.data.source, split="val", **settings)
+  assert records.items == val_docs
   with pytest.raises(ValueError, match="unknown task 'perplexty'"):
     trainer.parse_eval_tasks("perplexty")
   with pytest.raises(ValueError, match="lambada needs its data"):
