@@ -294,7 +294,7 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, *, attention_mask_BL=None, positions_BL=None, deterministic: bool = True,
-               return_hidden: bool = False):
+               return_hidden: bool = False, last_only: bool = False):
     """Runs the model.
 
     Args:
@@ -305,9 +305,11 @@ class GPT(nn.Module):
         from the tokens already in the cache when decoding.
       deterministic: False enables dropout (needs a 'dropout' rng).
       return_hidden: Also return the final hidden states [B, L, D] (after `ln_f` where present).
+      last_only: Project only the last position to the vocabulary (logits [B, 1, V]). Decoding needs no more, and
+        a prompt's full [B, L, V] logits (GBs for GPT-2 at L = 1024) are not removed by XLA on its own.
 
     Returns:
-      logits [B, L, V] float32, or (logits, hidden) when `return_hidden`.
+      logits [B, L, V] float32 ([B, 1, V] with `last_only`), or (logits, hidden) when `return_hidden`.
     """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -339,12 +341,13 @@ class GPT(nn.Module):
     if cfg.final_norm:
       x_BLD = layer_norm(cfg, "ln_f")(x_BLD).astype(dtype)
 
+    head_BLD = x_BLD[:, -1:] if last_only else x_BLD
     if cfg.tie_embeddings:
-      logits_BLV = jnp.einsum("BLD,VD->BLV", x_BLD, wte.embedding.astype(dtype),
+      logits_BLV = jnp.einsum("BLD,VD->BLV", head_BLD, wte.embedding.astype(dtype),
                               preferred_element_type=jnp.float32)
     else:
       logits_BLV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                            kernel_init=_normal(cfg.init_std, ("embed", "vocab")), name="lm_head")(x_BLD)
+                            kernel_init=_normal(cfg.init_std, ("embed", "vocab")), name="lm_head")(head_BLD)
     logits_BLV = logits_BLV.astype(jnp.float32)
     return (logits_BLV, x_BLD) if return_hidden else logits_BLV
 

@@ -455,7 +455,7 @@ def model_tokens_to_logits(config: ModelConfig) -> TokensToLogits:
   Fields that do not change inference (dropout, initialisation, remat) are normalised away, so that e.g. a
   fine-tuned copy with another dropout rate shares the compiled programs. Only the last position's logits are
   computed: a prompt's full [B, P, V] logits (GBs for GPT-2 at P = 1024) would be wasted, and XLA does not remove
-  them by itself. The output head mirrors `GPT.__call__`'s.
+  them by itself (`GPT(...)(..., last_only=True)`).
   """
   return _tokens_to_logits(dataclasses.replace(
       config, decode=True, dropout_rate=0.0, attention_dropout_rate=0.0, remat=False, init_std=0.02,
@@ -465,17 +465,10 @@ def model_tokens_to_logits(config: ModelConfig) -> TokensToLogits:
 @functools.lru_cache(maxsize=64)
 def _tokens_to_logits(config: ModelConfig) -> TokensToLogits:
   model = GPT(config)
-  dtype = jnp.dtype(config.dtype)
 
   def tokens_to_logits(params, tokens_BL, mask_BL, cache):
-    (_, hidden_BLD), variables = model.apply({"params": params, "cache": cache}, tokens_BL, attention_mask_BL=mask_BL,
-                                             return_hidden=True, mutable=["cache"])
-    last_BD = hidden_BLD[:, -1]
-    if config.tie_embeddings:
-      logits_BV = jnp.einsum("BD,VD->BV", last_BD, params["wte"]["embedding"].astype(dtype),
-                             preferred_element_type=jnp.float32)
-    else:
-      logits_BV = jnp.dot(last_BD, params["lm_head"]["kernel"].astype(dtype))
-    return logits_BV.astype(jnp.float32), variables["cache"]
+    logits_B1V, variables = model.apply({"params": params, "cache": cache}, tokens_BL, attention_mask_BL=mask_BL,
+                                        last_only=True, mutable=["cache"])
+    return logits_B1V[:, 0], variables["cache"]
 
   return tokens_to_logits

@@ -103,30 +103,17 @@ def _saved(tmp_path, arch="gpt2"):
   return tmp_path
 
 
-def test_shape_mismatch_names_the_parameter_and_both_shapes(tmp_path):
+@pytest.mark.parametrize("field, value, error, message", [
+    ("n_positions", 16, hf.CheckpointMismatchError, r"'wpe.weight': expected shape \(16, 8\) .* found \(8, 8\)"),
+    ("n_layer", 2, hf.CheckpointMismatchError, r"'h.1.ln_1.weight' .* is missing"),
+    ("model_type", "llama", ValueError, "Unsupported Hugging Face model_type 'llama'"),
+], ids=["shape_mismatch", "missing_parameter", "unknown_architecture"])
+def test_checkpoints_that_do_not_fit_their_config_are_named(tmp_path, field, value, error, message):
   folder = _saved(tmp_path)
   config = json.loads((folder / "config.json").read_text())
-  config["n_positions"] = 16
+  config[field] = value
   (folder / "config.json").write_text(json.dumps(config))
-  with pytest.raises(hf.CheckpointMismatchError, match=r"'wpe.weight': expected shape \(16, 8\) .* found \(8, 8\)"):
-    gptjax.load(folder)
-
-
-def test_missing_parameter_is_named(tmp_path):
-  folder = _saved(tmp_path)
-  config = json.loads((folder / "config.json").read_text())
-  config["n_layer"] = 2
-  (folder / "config.json").write_text(json.dumps(config))
-  with pytest.raises(hf.CheckpointMismatchError, match=r"'h.1.ln_1.weight' .* is missing"):
-    gptjax.load(folder)
-
-
-def test_unknown_architecture_is_rejected(tmp_path):
-  folder = _saved(tmp_path)
-  config = json.loads((folder / "config.json").read_text())
-  config["model_type"] = "llama"
-  (folder / "config.json").write_text(json.dumps(config))
-  with pytest.raises(ValueError, match="Unsupported Hugging Face model_type 'llama'"):
+  with pytest.raises(error, match=message):
     gptjax.load(folder)
 
 

@@ -168,3 +168,13 @@ def test_from_dict_rejects_unknown_fields():
   with pytest.raises(ValueError, match=r"Unknown ModelConfig field\(s\) \['num_layer'\]"):
     M.ModelConfig.from_dict({"num_layer": 2})
   assert M.ModelConfig.from_dict(TINY.to_dict()) == TINY
+
+
+@pytest.mark.parametrize("config", [TINY, dataclasses.replace(TINY_GPT1, tie_embeddings=False)], ids=["tied", "untied"])
+def test_last_only_gives_the_last_positions_logits(config):
+  params = _params(config)
+  tokens = jax.random.randint(jax.random.key(5), (2, 9), 0, config.vocab_size)
+  full = M.GPT(config).apply({"params": params}, tokens)
+  last = M.GPT(config).apply({"params": params}, tokens, last_only=True)
+  assert last.shape == (2, 1, config.vocab_size)
+  np.testing.assert_allclose(last, full[:, -1:], atol=1e-6)
