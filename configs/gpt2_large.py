@@ -1,15 +1,13 @@
 """GPT-2 large (774,030,080 parameters): 36 layers, 20 heads, width 1280, 1024 context, 50257-token BPE.
 
+The recipe (data, optimiser, batch) is `configs/gpt2_small.py`'s; only the shape changes. Lower
+`--config.opt.lr` for the larger sizes (the GPT-3 paper used 3e-4 at 350M, 2.5e-4 at 760M, 2e-4 at 1.3B).
+
 Run:  python -m gptjax.train --config configs/gpt2_large.py --workdir /tmp/gpt2_large
 """
 
-from configs import default
+from configs import gpt2_small
 
 
 def get_config():
-  config = default.get_config()
-  config.model.num_layers = 36  # GPT-2 paper, Table 2.
-  config.model.num_heads = 20  # Head dimension 64.
-  config.model.emb_dim = 1280
-  config.model.mlp_dim = 4 * 1280
-  return config
+  return gpt2_small.with_size(gpt2_small.get_config(), "large")

@@ -1,15 +1,13 @@
 """GPT-2 medium (354,823,168 parameters): 24 layers, 16 heads, width 1024, 1024 context, 50257-token BPE.
 
+The recipe (data, optimiser, batch) is `configs/gpt2_small.py`'s; only the shape changes. Lower
+`--config.opt.lr` for the larger sizes (the GPT-3 paper used 3e-4 at 350M, 2.5e-4 at 760M, 2e-4 at 1.3B).
+
 Run:  python -m gptjax.train --config configs/gpt2_medium.py --workdir /tmp/gpt2_medium
 """
 
-from configs import default
+from configs import gpt2_small
 
 
 def get_config():
-  config = default.get_config()
-  config.model.num_layers = 24  # GPT-2 paper, Table 2.
-  config.model.num_heads = 16  # Head dimension 64.
-  config.model.emb_dim = 1024
-  config.model.mlp_dim = 4 * 1024
-  return config
+  return gpt2_small.with_size(gpt2_small.get_config(), "medium")

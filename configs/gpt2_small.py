@@ -26,10 +26,7 @@ def get_config():
   config.data.tokenizer = "gpt2"  # GPT-2's BPE (fetched once from the Hugging Face Hub).
   config.data.val_fraction = 0.001  # FineWeb has no validation split: hold out ~10M tokens.
 
-  config.model.num_layers = 12  # GPT-2 paper, Table 2.
-  config.model.num_heads = 12  # Head dimension 64.
-  config.model.emb_dim = 768
-  config.model.mlp_dim = 4 * 768
+  with_size(config, "small")
 
   config.opt.lr = 6e-4
   config.opt.warmup_steps = 700
@@ -41,4 +38,13 @@ def get_config():
   config.train.eval_every = 250
   config.eval.batch_size = 64
   config.eval.num_batches = 20  # 1.3M validation tokens per evaluation.
+  return config
+
+
+def with_size(config, size: str):
+  """Sets `config.model` to one of GPT-2's four shapes (paper, Table 2), taken from `gptjax.model.gpt2_config`."""
+  from gptjax import model  # pylint: disable=g-import-not-at-top
+  shape = model.gpt2_config(size)
+  for field in ("num_layers", "num_heads", "emb_dim", "mlp_dim", "vocab_size", "block_size"):
+    config.model[field] = getattr(shape, field)
   return config
