@@ -1,6 +1,6 @@
 """gptjax: GPT-1 and GPT-2 in JAX/Flax.
 
-The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.LanguageModel`, `gptjax.ModelConfig`.
+The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.fit`, `gptjax.LanguageModel`, `gptjax.ModelConfig`.
 Nothing heavy happens at import: the submodules (and jax) load on first use.
 """
 
@@ -13,6 +13,7 @@ _EXPORTS = {
     "LanguageModel": "gptjax.language_model",
     "ModelConfig": "gptjax.model",
     "load_tokenizer": "gptjax.tokenizer",
+    "fit": "gptjax.workflow",
 }
 
 

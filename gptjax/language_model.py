@@ -182,6 +182,29 @@ class LanguageModel:
 
   # ----- End of decoding ---------------------------------------------------------------------------------------------
 
+  def predict(self, inputs, **options):
+    """What the model is for, on one input or a list: labels for a fine-tuned model, continuations otherwise.
+
+    A fine-tuned classification / entailment / similarity model returns `classify(inputs)`; a multiple-choice
+    model takes `(context, answers)` pairs and returns `choose`'s indices; a language model returns
+    `generate(inputs, max_new_tokens=32, temperature=0)` (greedy unless `options` say otherwise).
+
+    Args:
+      inputs: One input or a list of them (strings for a language model).
+      **options: Passed on to `classify` / `choose` / `generate`.
+    """
+    if self.head is not None:
+      if self.head.spec.kind == "choice":
+        single = isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str)
+        pairs = [inputs] if single else list(inputs)
+        result = self.choose([c for c, _ in pairs], [a for _, a in pairs], **options)
+        return result[0] if single else result
+      return self.classify(inputs, **options)
+    single = isinstance(inputs, str)
+    options = {"max_new_tokens": 32, "temperature": 0.0, **options}
+    result = self.generate([inputs] if single else list(inputs), **options)
+    return result[0] if single else result
+
   def save(self, out_dir: os.PathLike, format: str = "hf") -> pathlib.Path:  # pylint: disable=redefined-builtin
     """Saves the model (and tokenizer files) to `out_dir`.
 
