@@ -24,6 +24,9 @@ setuptools.setup(
         "huggingface-hub",
         "tqdm",
         "tensorboardX",
+        # Serving (gptjax/serve): the OpenAI-compatible HTTP server.
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
     ],
     extras_require={
         "test": [
@@ -32,6 +35,8 @@ setuptools.setup(
             # A bare `torch` resolves to a multi-GB CUDA build; 2.13.0 is the CPU wheel CI has.
             "torch==2.13.0",
             "transformers>=4.45",
+            # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
+            "openai>=1.40",
         ],
     },
 )
