@@ -387,7 +387,7 @@ def _settings(state: _State, body, prompts: list[list[int]], stops: list[str], m
           f"This model's maximum context length is {state.context} tokens. However, you requested "
           f"{len(p) + max_tokens} tokens ({len(p)} in prompt {i}, {max_tokens} in the completion). Please reduce "
           "the prompt or max_tokens.", param=prompt_param, code="context_length_exceeded")
-  stop_ids = [] if state.tokenizer.eos_id is None else [(state.tokenizer.eos_id,)]
+  stop_ids = [] if state.tokenizer.eos_id is None or body.ignore_eos else [(state.tokenizer.eos_id,)]
   for s in stops:
     try:  # The engine stops at the usual encoding at once; TextStream catches any other spelling.
       encoded = tuple(state.tokenizer.encode(s))
