@@ -198,8 +198,10 @@ def _hf_trace(model, trace, max_tokens: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import logging  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  logging.getLogger("httpx").setLevel(logging.WARNING)  # A line per request would bury the table.
   torch.set_num_threads(_TORCH_THREADS.value)
   max_tokens = _MAX_TOKENS.value
   print(f"bench_serve: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start (the CPU is shared "

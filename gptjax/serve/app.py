@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptjax.inference.generation import TextStream
 from gptjax.serve import batcher as batcher_lib
 from gptjax.serve import protocol
 from gptjax.serve.protocol import APIError, bad_request
@@ -41,14 +42,6 @@ from gptjax.serve.protocol import APIError, bad_request
 log = logging.getLogger("gptjax.serve")
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default.
-
-
-def _text_stream_class():
-  try:  # The engine branch moves the text layer to gptjax/inference/generation.py.
-    from gptjax.inference.generation import TextStream  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from gptjax.generation import TextStream  # pylint: disable=g-import-not-at-top
-  return TextStream
 
 
 @dataclasses.dataclass
@@ -508,7 +501,6 @@ class _ChoiceText:
   """One choice's text layer: engine events in, safe text out, with the tokens behind the text released along."""
 
   def __init__(self, state: _State, plan: _Plan, choice: _Choice):
-    TextStream = _text_stream_class()  # pylint: disable=invalid-name
     prompt_ids = plan.prompts[choice.prompt]
     self.index = choice.index
     self._eos = state.tokenizer.eos_id
@@ -556,7 +548,6 @@ def _prompt_logprobs(state: _State, ids: list[int], top_n: int) -> list[_Token]:
 
   Runs on the engine thread: one forward pass, log-softmax over the vocabulary the tokenizer knows.
   """
-  TextStream = _text_stream_class()  # pylint: disable=invalid-name
   logits_TV = np.asarray(state.engine.forward(np.asarray([ids], np.int32)).logits_BTV[0], np.float64)
   logits_TV = logits_TV[:, :state.vocab_size]
   logp_TV = logits_TV - np.logaddexp.reduce(logits_TV, axis=-1, keepdims=True)
