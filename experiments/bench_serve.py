@@ -41,7 +41,9 @@ _NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Requests per trace (
 _RATES = flags.DEFINE_list("rates", None, "Arrival rates in requests/s, 'inf' = all at once (default: per model).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 32, "Tokens generated per request.")
 _NUM_SLOTS = flags.DEFINE_integer("num_slots", 8, "Slots of the batched server.")
-_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the HF peer.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "The servers' --max_length (tokens per slot).")
+# 1, as bench_decode.py found: with torch's default 2 threads on the shared 2-core CPU, HF ran 5-30x slower.
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the HF peer.")
 _SYSTEMS = flags.DEFINE_list("systems", ["gptjax", "gptjax-1", "hf"], "Which systems to run.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the traces and the weights.")
 
@@ -109,7 +111,8 @@ class _Server:
     self._log = open(log_path, "wb")
     self.process = subprocess.Popen(
         [sys.executable, "-m", "gptjax.serve", f"--model={folder}", "--model_name=bench", "--port=0",
-         f"--port_file={port_file}", f"--num_slots={num_slots}", "--max_queue=4096"],
+         f"--port_file={port_file}", f"--num_slots={num_slots}", "--max_queue=4096",
+         f"--max_length={_MAX_LENGTH.value}"],
         stdout=self._log, stderr=subprocess.STDOUT, env=env)
     start = time.perf_counter()
     while True:

@@ -22,6 +22,7 @@ _MODEL = flags.DEFINE_string("model", None, "A gptjax workdir, a Hugging Face fo
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (loopback by default: no auth).")
 _PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one (see --port_file).")
 _NUM_SLOTS = flags.DEFINE_integer("num_slots", 8, "Requests decoded together in one batch.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per slot, prompt + completion (default: the context).")
 _MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests that may wait for a slot; more get a 429.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "The id clients name in `model` (default: from --model).")
 _PORT_FILE = flags.DEFINE_string("port_file", None, "Write the listening port to this file.")
@@ -58,6 +59,8 @@ def main(argv):
     _fail(f"--num_slots={_NUM_SLOTS.value}: must be at least 1")
   if _MAX_QUEUE.value < 0:
     _fail(f"--max_queue={_MAX_QUEUE.value}: must be >= 0")
+  if _MAX_LENGTH.value is not None and _MAX_LENGTH.value < 2:
+    _fail(f"--max_length={_MAX_LENGTH.value}: must be at least 2")
   if not 0 <= _PORT.value < 65536:
     _fail(f"--port={_PORT.value}: must be in [0, 65535]")
   log = logging.getLogger("gptjax.serve")
@@ -79,7 +82,10 @@ def main(argv):
   sock = _listen(_HOST.value, _PORT.value)
   host, port = sock.getsockname()[:2]
   name = _MODEL_NAME.value or default_model_name(_MODEL.value)
-  options = app_lib.ServerOptions(model_name=name, num_slots=_NUM_SLOTS.value, max_queue=_MAX_QUEUE.value)
+  if _MAX_LENGTH.value is not None and _MAX_LENGTH.value > lm.config.block_size:
+    _fail(f"--max_length={_MAX_LENGTH.value}: exceeds the model's context block_size={lm.config.block_size}")
+  options = app_lib.ServerOptions(model_name=name, num_slots=_NUM_SLOTS.value, max_queue=_MAX_QUEUE.value,
+                                  max_length=_MAX_LENGTH.value)
   application = app_lib.create_app(lm, options)
   if _PORT_FILE.value:
     tmp = f"{_PORT_FILE.value}.tmp"

@@ -52,10 +52,13 @@ class ServerOptions:
     model_name: The id served in /v1/models; requests must name it.
     num_slots: Requests decoded together (the engine's slot count).
     max_queue: Requests that may wait for a slot; beyond `num_slots + max_queue` a request gets a 429.
+    max_length: Tokens per slot, prompt + completion (default: the model's context). Shorter makes every decode
+      step cheaper: its attention reads the whole slot.
     warm_up: Compile the decode step and every prompt bucket before /health says ok.
   """
   model_name: str = "gptjax"
   num_slots: int = 8
+  max_length: Optional[int] = None
   max_queue: int = 256
   warm_up: bool = True
 
@@ -239,7 +242,7 @@ def _load_and_warm_up(state: _State, lm, loop: asyncio.AbstractEventLoop) -> Non
     if lm.tokenizer is None:
       raise ValueError("the model has no tokenizer files: the server needs one to read and write text")
     state.lm = lm
-    state.engine = engine_lib.Engine(lm, num_slots=state.options.num_slots)
+    state.engine = engine_lib.Engine(lm, num_slots=state.options.num_slots, max_length=state.options.max_length)
     scheduler = engine_lib.Scheduler(state.engine)
     state.batcher = batcher_lib.Batcher(scheduler, capacity=state.options.num_slots + state.options.max_queue)
     state.batcher.start(loop)
@@ -599,18 +602,31 @@ class _Run:
       if choice.settings.max_tokens == 0:
         yield _Update(choice.index, "", [], "length")
     while self.running:
-      request_id, event = await self._sink.get()
-      if isinstance(event, BaseException):
-        raise event
-      if request_id not in self.running:
-        continue  # Already ended by a stop string; the engine's last events for it are dropped.
-      update = self.texts[request_id].feed(event)
-      if update.finish_reason is not None:
-        self.running.discard(request_id)
-        if event.finish_reason is None:  # A stop string ended it before the engine knew: free the slot.
-          self.state.batcher.cancel(request_id)
-      if update.text or update.tokens or update.finish_reason:
-        yield update
+      # Everything that arrived since the last look, merged per choice: a client that keeps up gets a chunk per
+      # token; under load a chunk carries several, so the event loop's work does not grow with the backlog.
+      batch = [await self._sink.get()]
+      while not self._sink.empty():
+        batch.append(self._sink.get_nowait())
+      merged: dict[int, _Update] = {}
+      for request_id, event in batch:
+        if isinstance(event, BaseException):
+          raise event
+        if request_id not in self.running:
+          continue  # Already ended by a stop string; the engine's last events for it are dropped.
+        update = self.texts[request_id].feed(event)
+        if update.finish_reason is not None:
+          self.running.discard(request_id)
+          if event.finish_reason is None:  # A stop string ended it before the engine knew: free the slot.
+            self.state.batcher.cancel(request_id)
+        if update.index in merged:
+          previous = merged[update.index]
+          update = _Update(update.index, previous.text + update.text, previous.tokens + update.tokens,
+                           update.finish_reason)
+        merged[update.index] = update
+      for index in sorted(merged):
+        update = merged[index]
+        if update.text or update.tokens or update.finish_reason:
+          yield update
 
   def close(self) -> None:
     if self.running:
