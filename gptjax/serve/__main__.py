@@ -24,6 +24,8 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one (see --port
 _NUM_SLOTS = flags.DEFINE_integer("num_slots", 8, "Requests decoded together in one batch.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per slot, prompt + completion (default: the context).")
 _MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests that may wait for a slot; more get a 429.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "Decode steps per engine call: more is faster where the "
+                                       "host round trip matters, but a disconnect then takes up to that many steps.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "The id clients name in `model` (default: from --model).")
 _PORT_FILE = flags.DEFINE_string("port_file", None, "Write the listening port to this file.")
 
@@ -61,6 +63,8 @@ def main(argv):
     _fail(f"--max_queue={_MAX_QUEUE.value}: must be >= 0")
   if _MAX_LENGTH.value is not None and _MAX_LENGTH.value < 2:
     _fail(f"--max_length={_MAX_LENGTH.value}: must be at least 2")
+  if _STEPS_PER_CALL.value < 1:
+    _fail(f"--steps_per_call={_STEPS_PER_CALL.value}: must be at least 1")
   if not 0 <= _PORT.value < 65536:
     _fail(f"--port={_PORT.value}: must be in [0, 65535]")
   log = logging.getLogger("gptjax.serve")
@@ -85,7 +89,7 @@ def main(argv):
   if _MAX_LENGTH.value is not None and _MAX_LENGTH.value > lm.config.block_size:
     _fail(f"--max_length={_MAX_LENGTH.value}: exceeds the model's context block_size={lm.config.block_size}")
   options = app_lib.ServerOptions(model_name=name, num_slots=_NUM_SLOTS.value, max_queue=_MAX_QUEUE.value,
-                                  max_length=_MAX_LENGTH.value)
+                                  max_length=_MAX_LENGTH.value, steps_per_call=_STEPS_PER_CALL.value)
   application = app_lib.create_app(lm, options)
   if _PORT_FILE.value:
     tmp = f"{_PORT_FILE.value}.tmp"

@@ -52,11 +52,13 @@ class ServerOptions:
     max_queue: Requests that may wait for a slot; beyond `num_slots + max_queue` a request gets a 429.
     max_length: Tokens per slot, prompt + completion (default: the model's context). Shorter makes every decode
       step cheaper: its attention reads the whole slot.
+    steps_per_call: Decode steps per engine call (see `batcher.Batcher`); 1: a cancel frees its slot within a step.
     warm_up: Compile the decode step and every prompt bucket before /health says ok.
   """
   model_name: str = "gptjax"
   num_slots: int = 8
   max_length: Optional[int] = None
+  steps_per_call: int = 1
   max_queue: int = 256
   warm_up: bool = True
 
@@ -242,7 +244,8 @@ def _load_and_warm_up(state: ServerState, lm, loop: asyncio.AbstractEventLoop) -
     state.lm = lm
     state.engine = engine_lib.Engine(lm, num_slots=state.options.num_slots, max_length=state.options.max_length)
     scheduler = engine_lib.Scheduler(state.engine)
-    state.batcher = batcher_lib.Batcher(scheduler, capacity=state.options.num_slots + state.options.max_queue)
+    state.batcher = batcher_lib.Batcher(scheduler, capacity=state.options.num_slots + state.options.max_queue,
+                                    steps_per_call=state.options.steps_per_call)
     state.batcher.start(loop)
     if state.options.warm_up:
       asyncio.run_coroutine_threadsafe(_warm_up(state), loop).result()

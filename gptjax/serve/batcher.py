@@ -43,11 +43,15 @@ class Batcher:
   Args:
     scheduler: The engine's `Scheduler` (submit / cancel / has_work / step).
     capacity: Most requests (choices) admitted at once, running or waiting; more is a 429.
+    steps_per_call: Decode steps per `scheduler.step` call (one compiled loop, one host round trip). 1 keeps the
+      promise that a cancelled request stops within one step; more trades that (and streaming granularity) for
+      throughput where the host round trip is a large part of a step.
   """
 
-  def __init__(self, scheduler, capacity: int):
+  def __init__(self, scheduler, capacity: int, steps_per_call: int = 1):
     self.scheduler = scheduler
     self.capacity = capacity
+    self.steps_per_call = steps_per_call
     self.stats = Stats()
     self.outstanding = 0
     self._sinks: dict[Any, asyncio.Queue] = {}
@@ -156,7 +160,7 @@ class Batcher:
         continue
       start = time.perf_counter()
       try:
-        events = self.scheduler.step()
+        events = self.scheduler.step(self.steps_per_call) if self.steps_per_call > 1 else self.scheduler.step()
       except Exception as e:  # pylint: disable=broad-except  (an engine bug: fail the requests, keep serving)
         log.exception("decode step failed")
         self._loop.call_soon_threadsafe(self._fail, e)
