@@ -646,7 +646,7 @@ class Scheduler:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _engine_for(lm, num_rows: int, longest: int, max_new_tokens: int) -> Engine:
+def engine_for(lm, num_rows: int, longest: int, max_new_tokens: int) -> Engine:
   """An engine sized to the request (bucketed), cached on the model: its slot cache is reused by later calls."""
   num_slots = bucket(min(num_rows, MAX_GENERATE_SLOTS), 1)
   max_length = bucket(longest + max_new_tokens, 16, lm.config.block_size)
@@ -670,7 +670,7 @@ def generate(lm, prompts, max_new_tokens: int, strategy: sampling.SamplingParams
   request = generation.prepare(lm, prompts, max_new_tokens, strategy, seed, stop, num_samples, stop_at_eos,
                                truncate_prompt)
   rows = request.rows
-  scheduler = Scheduler(_engine_for(lm, len(rows), max(len(r) for r in rows), max_new_tokens))
+  scheduler = Scheduler(engine_for(lm, len(rows), max(len(r) for r in rows), max_new_tokens))
   for r, row in enumerate(rows):
     scheduler.submit(r, row, _row_settings(request, r, strategy, max_new_tokens))
   tokens = [[] for _ in rows]
@@ -703,7 +703,7 @@ def stream(lm, prompt, max_new_tokens: int, strategy: sampling.SamplingParams = 
   request = generation.prepare(lm, None if prompt is None else [prompt], max_new_tokens, strategy, seed,
                                None if stop is None else [stop], 1, stop_at_eos, truncate_prompt)
   row = request.rows[0]
-  scheduler = Scheduler(_engine_for(lm, 1, len(row), max_new_tokens))
+  scheduler = Scheduler(engine_for(lm, 1, len(row), max_new_tokens))
   scheduler.submit(0, row, _row_settings(request, 0, strategy, max_new_tokens))
   token_stops = request.token_stops[0]
   # A multi-token stop sequence is recognised only once complete: hold back enough tokens to strip it then.
