@@ -1,9 +1,10 @@
 """The explorer's routes: `POST /v1/explore` and the page at `GET /explorer`.
 
-The app includes them with `app.include_router(explorer.router)`. The model comes from the app's state:
-`app.state.engine` (an `Engine`, shared with the completions routes) and `app.state.lm` (its `LanguageModel`;
-taken from `engine.lm` when absent). The work is `gptjax.explore.run`, the same function the notebook calls; the
-request and reply schemas are in the README's "Explorer" section.
+The app includes them with `app.include_router(explorer.router)`. The model comes from the app's state: the
+server's `app.state.gptjax` (its `lm`, its `engine`, shared with the completions routes, and its `batcher`, whose
+engine thread then runs each explore between two decode steps), or, for an app of one's own, `app.state.lm` (and
+optionally `app.state.engine`). The work is `gptjax.explore.run`, the same function the notebook calls; the request
+and reply schemas are in the README's "Explorer" section.
 
 The page is static HTML, CSS and JavaScript from `gptjax/serve/static/` (package data): no CDN, no build step,
 nothing fetched from elsewhere, so it works offline.
@@ -38,12 +39,17 @@ def error_response(status: int, message: str, param=None, code=None) -> response
 
 
 def _model(app):
-  state = app.state
+  """(lm, engine, batcher or None) from the app's state; lm is None while the model loads."""
+  state = getattr(app.state, "gptjax", None) or app.state
+  if not getattr(state, "ready", True):
+    return None, None, None
   engine = getattr(state, "engine", None)
   lm = getattr(state, "lm", None) or getattr(engine, "lm", None)
   if lm is None:
-    return None, None
-  return lm, engine if engine is not None and hasattr(engine, "forward") else explore.engine_for(lm)
+    return None, None, None
+  engine = engine if engine is not None and hasattr(engine, "forward") else explore.engine_for(lm)
+  batcher = getattr(state, "batcher", None)
+  return lm, engine, batcher if hasattr(batcher, "call") else None
 
 
 @router.post("/v1/explore")
@@ -53,9 +59,9 @@ async def explore_route(request: fastapi.Request):
     body = json.loads(await request.body())
   except (ValueError, UnicodeDecodeError) as e:
     return error_response(400, f"The request body is not valid JSON: {e}")
-  lm, engine = _model(request.app)
+  lm, engine, batcher = _model(request.app)
   if lm is None:
-    return error_response(503, "No model is loaded", code="model_not_loaded")
+    return error_response(503, "The model is loading; retry once GET /health returns 200", code="model_loading")
   try:
     parsed = explore.ExploreRequest.parse(lm, body)
   except explore.ExploreError as e:
@@ -65,7 +71,9 @@ async def explore_route(request: fastapi.Request):
     with _LOCK:
       return explore.run(engine, lm, parsed)
 
-  return responses.JSONResponse(await run_in_threadpool(work))
+  # On the server's engine thread when there is one (the engine is not shared across threads), else off the loop.
+  reply = await batcher.call(work) if batcher is not None else await run_in_threadpool(work)
+  return responses.JSONResponse(reply)
 
 
 @router.get("/explorer", include_in_schema=False)
