@@ -7,6 +7,8 @@ setuptools.setup(
     version="0.1.0",
     description="GPT-1 and GPT-2 in JAX/Flax: train, fine-tune, probe and serve.",
     packages=setuptools.find_packages(include=["gptjax", "gptjax.*"]),
+    # The explorer page (GET /explorer): static files served from the installed package.
+    package_data={"gptjax.serve": ["static/*.html", "static/*.css", "static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -24,6 +26,8 @@ setuptools.setup(
         "huggingface-hub",
         "tqdm",
         "tensorboardX",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
     ],
     extras_require={
         "test": [
@@ -32,6 +36,9 @@ setuptools.setup(
             # A bare `torch` resolves to a multi-GB CUDA build; 2.13.0 is the CPU wheel CI has.
             "torch==2.13.0",
             "transformers>=4.45",
+            "httpx",  # FastAPI's TestClient
+            # Browser tests drive the system's Chromium (`apt-get install chromium`); never `playwright install`.
+            "playwright>=1.40",
         ],
     },
 )
