@@ -26,6 +26,7 @@ setuptools.setup(
         "huggingface-hub",
         "tqdm",
         "tensorboardX",
+        # Serving (gptjax/serve): the OpenAI-compatible HTTP server.
         "fastapi>=0.110",
         "uvicorn>=0.29",
     ],
@@ -36,6 +37,8 @@ setuptools.setup(
             # A bare `torch` resolves to a multi-GB CUDA build; 2.13.0 is the CPU wheel CI has.
             "torch==2.13.0",
             "transformers>=4.45",
+            # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
+            "openai>=1.40",
             "httpx",  # FastAPI's TestClient
             # Browser tests drive the system's Chromium (`apt-get install chromium`); never `playwright install`.
             "playwright>=1.40",
