@@ -377,19 +377,17 @@ class _TemporaryEngine:
 
 @dataclasses.dataclass
 class _Forward:
-  logits: np.ndarray
-  hidden: Optional[np.ndarray]
-  attention: Optional[np.ndarray]
+  """The contract's `Forward` (gptjax/inference/engine.py)."""
+  logits_BTV: np.ndarray
+  hidden_NBTD: Optional[np.ndarray]
+  attention_NBHTT: Optional[np.ndarray]
 
 
 def _forward(engine, ids: Sequence[int], **kwargs):
+  """(logits [T, V], hidden [N+1, T, D] | None, attention [N, H, T, T] | None) of one sequence, float32 numpy."""
   out = engine.forward(np.asarray([ids], np.int32), np.ones((1, len(ids)), bool), **kwargs)
-  logits = np.asarray(out.logits, np.float32)[0]
-  hidden = getattr(out, "hidden", None)
-  if hidden is None:
-    hidden = getattr(out, "hidden_states", None)
-  attention = getattr(out, "attention", None)
-  return (logits, None if hidden is None else np.asarray(hidden, np.float32)[:, 0],
+  logits, hidden, attention = out.logits_BTV, out.hidden_NBTD, out.attention_NBHTT
+  return (np.asarray(logits, np.float32)[0], None if hidden is None else np.asarray(hidden, np.float32)[:, 0],
           None if attention is None else np.asarray(attention, np.float32)[:, 0])
 
 
@@ -500,6 +498,7 @@ def run(engine, lm, request: ExploreRequest) -> dict:
       engine, ids, hidden_states=request.lens_position is not None, attention=request.attention)
   logprobs_TV = log_softmax(logits_TV)
   top_TK = _top(logprobs_TV, k)
+  entropy_T = -np.einsum("TV,TV->T", np.exp(logprobs_TV), logprobs_TV)  # nats
 
   # GLTR: each token's rank and probability under the prediction made one position earlier.
   targets = np.asarray(ids[1:], np.int64)
@@ -520,8 +519,8 @@ def run(engine, lm, request: ExploreRequest) -> dict:
       "model": {"num_layers": lm.config.num_layers, "num_heads": lm.config.num_heads,
                 "context": lm.config.block_size, "vocab_size": lm.config.vocab_size},
       "tokens": tokens,
-      "positions": [{"top": _candidates(table, logprobs_TV[t], top_TK[t]),
-                     "entropy": float(-(np.exp(logprobs_TV[t]) * logprobs_TV[t]).sum())} for t in range(T)],
+      "positions": [{"top": _candidates(table, logprobs_TV[t], top_TK[t]), "entropy": float(entropy_T[t])}
+                    for t in range(T)],
       "next": _next_candidates(lm, table, ids, logprobs_TV[-1], top_TK[-1]),
       "attention": None, "lens": None, "ablation": None,
   }

@@ -126,7 +126,7 @@ def jax_to_numpy(tree):
 def test_ablation_equals_a_forward_pass_with_that_output_zeroed(lm, client, ablation):
   ids = lm.tokenizer.encode(TEXT)
   reference = _zeroed(lm, ablation).logits(ids)[0]
-  ablated = explore.engine_for(lm).forward(np.asarray([ids]), ablations=(ablation,)).logits[0]
+  ablated = explore.engine_for(lm).forward(np.asarray([ids]), ablations=(ablation,)).logits_BTV[0]
   np.testing.assert_allclose(ablated, reference, atol=1e-5, rtol=0)
   assert np.abs(reference - lm.logits(ids)[0]).max() > 1e-3  # the ablation does change something
 

@@ -242,7 +242,8 @@ function renderTokens(r) {
   $("#token-ranks").replaceChildren(...r.tokens.map((t, i) => el("span", {
     class: rankClass(t.rank) + (i === lensIndex(r) ? " selected" : ""),
     title: t.rank === null ? `${t.display} (id ${t.id}): first token, no prediction`
-      : `${t.display} (id ${t.id}): rank ${t.rank}, probability ${pct(t.prob)}`,
+      : `${t.display} (id ${t.id}): rank ${t.rank}, probability ${pct(t.prob)}\nthe model expected: ` +
+        r.positions[i - 1].top.slice(0, 3).map((c) => `${c.display} ${pct(c.prob)}`).join(", "),
     text: t.display,
     onclick: () => { state.lensPosition = i; state.view = "lens"; render(); schedule(0); },
   })));
@@ -356,9 +357,9 @@ function renderLens(r) {
     el("th", { text: target ? `actual next: ${target.display}` : "actual next: —" }));
   const rows = r.lens.layers.map((layer) => el("tr", {}, el("th", { text: layer.name }),
     ...layer.top.map((c) => el("td", {
-      class: "cand", text: c.display, title: `${pct(c.prob)} (id ${c.id})`,
-      style: `background: rgba(47, 111, 223, ${Math.min(1, c.prob).toFixed(3)})`,
-    })),
+      class: "cand", title: `${pct(c.prob)} (id ${c.id})`,
+      style: `background: rgba(47, 111, 223, ${Math.min(0.85, c.prob).toFixed(3)})`,
+    }, c.display, el("small", { class: "muted", text: ` ${pct(c.prob)}` }))),
     el("td", { text: layer.target ? `rank ${layer.target.rank}, ${pct(layer.target.prob)}` : "" })));
   $("#lens").replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
