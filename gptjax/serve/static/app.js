@@ -279,6 +279,13 @@ function renderAttention(r) {
   }
   paintAttentionTokens(r);
   paintHeatmap($("#heatmap"), r, state.layer, state.head, 360);
+  $("#heatmap").onmousemove = (e) => {
+    const box = $("#heatmap").getBoundingClientRect();
+    const q = Math.floor((e.clientY - box.top) / box.height * T), k = Math.floor((e.clientX - box.left) / box.width * T);
+    if (q < 0 || k < 0 || q >= T || k >= T) return;
+    const w = attentionRow(r, state.layer, state.head, q)[k];
+    $("#heatmap-cell").textContent = `query ${q} ${r.tokens[q].display} → key ${k} ${r.tokens[k].display}: ${w.toFixed(3)}`;
+  };
   const grid = $("#grid");
   grid.style.gridTemplateColumns = `3em repeat(${r.model.num_heads}, 44px)`;
   const cells = [];
