@@ -272,21 +272,15 @@ _ENGINES = weakref.WeakKeyDictionary()
 
 
 def engine_for(model):
-  """The engine to run `model` on: `model` itself when it is an engine, else one cached per LanguageModel."""
+  """The engine to run `model` on: `model` itself when it is an engine, else the LanguageModel's own."""
   if hasattr(model, "forward"):
     return model
+  if hasattr(model, "engine"):
+    # The explorer never decodes (forward allocates no slot cache): the smallest engine will do.
+    return model.engine(num_slots=1)
   if model not in _ENGINES:
-    _ENGINES[model] = _make_engine(model)
+    _ENGINES[model] = _TemporaryEngine(model)
   return _ENGINES[model]
-
-
-def _make_engine(lm):
-  try:
-    from gptjax.inference.engine import Engine  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _TemporaryEngine(lm)
-  # The explorer never decodes: one slot keeps the engine's cache small.
-  return Engine(lm, num_slots=1)
 
 
 class _TemporaryEngine:
