@@ -96,8 +96,8 @@ def main(argv):
   engine = explore.engine_for(lm)
   ablation = ("head", cfg.num_layers // 2, 0)
 
-  def ours(ablate: bool):
-    request = explore.ExploreRequest.parse(lm, {"ids": ids, "top_k": k, "attention": True, "lens": True,
+  def ours(ablate: bool, full: bool = True):
+    request = explore.ExploreRequest.parse(lm, {"ids": ids, "top_k": k, "attention": full, "lens": full,
                                                 "ablations": [dict(zip(("kind", "layer", "head"), ablation))]
                                                 if ablate else []})
     return json.dumps(explore.run(engine, lm, request))
@@ -105,20 +105,23 @@ def main(argv):
   def ours_forward():
     engine.forward(np.asarray([ids]), hidden_states=True, attention=True)
 
-  fns = {"ours_forward": ours_forward, "ours_reply": lambda: ours(False), "ours_ablation": lambda: ours(True)}
+  fns = {"ours_forward": ours_forward, "ours_next": lambda: ours(False, full=False), "ours_reply": lambda: ours(False),
+         "ours_ablation": lambda: ours(True)}
 
   if not _SKIP_HF.value:
     input_ids = torch.as_tensor([ids])
     targets = input_ids[0, 1:]
     head_dim = cfg.emb_dim // cfg.num_heads
 
-    def hf_reply(ablate: bool):
+    def hf_reply(ablate: bool, full: bool = True):
       with torch.no_grad():
-        out = reference(input_ids, output_attentions=True, output_hidden_states=True)
+        out = reference(input_ids, output_attentions=full, output_hidden_states=full)
         logprobs = torch.log_softmax(out.logits[0], -1)
         top = torch.topk(logprobs, k, dim=-1)
         chosen = logprobs[:-1].gather(1, targets[:, None])
         ranks = (logprobs[:-1] > chosen).sum(-1) + 1
+        if not full:
+          return [top, ranks]
         attention = torch.stack(out.attentions)[:, 0].half()
         # HF's last hidden state already went through ln_f; the others have not.
         streams = torch.stack([h[0, -1] for h in out.hidden_states[:-1]])
@@ -147,14 +150,20 @@ def main(argv):
       with torch.no_grad():
         reference(input_ids, output_attentions=True, output_hidden_states=True)
 
-    fns.update(hf_forward=hf_forward, hf_reply=lambda: hf_reply(False), hf_ablation=lambda: hf_reply(True))
+    fns.update(hf_forward=hf_forward, hf_next=lambda: hf_reply(False, full=False), hf_reply=lambda: hf_reply(False),
+               hf_ablation=lambda: hf_reply(True))
+    # Same weights, same answer: the top-k at every position agrees.
+    ours_top = [[c["id"] for c in p["top"]] for p in json.loads(ours(False, full=False))["positions"]]
+    agree = ours_top == hf_reply(False, full=False)[0].indices.tolist()
+    print(f"top-{k} next tokens at all {T} positions agree with HF: {agree}")
 
   print(f"GPT-2 shape: layers={cfg.num_layers} heads={cfg.num_heads} width={cfg.emb_dim} vocab={cfg.vocab_size} "
         f"({M.count_params(lm.params) / 1e6:.1f}M parameters); {T} tokens; engine {type(engine).__name__}; "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
   first, t = _interleaved_medians(fns, _REPEATS.value)
   print(f"{'what':<26} | {'gptjax ms':>10} | {'HF ms':>9}")
-  for name, label in (("forward", "forward (logits+attn+hid)"), ("reply", "full reply"),
+  for name, label in (("forward", "forward (logits+attn+hid)"), ("next", "next tokens + ranks only"),
+                      ("reply", "full reply"),
                       ("ablation", "full reply + ablation")):
     hf = f"{t[f'hf_{name}'] * 1e3:9.1f}" if f"hf_{name}" in t else f"{'-':>9}"
     print(f"{label:<26} | {t[f'ours_{name}'] * 1e3:10.1f} | {hf}")
