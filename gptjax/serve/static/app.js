@@ -239,14 +239,16 @@ function rankClass(rank) {
 }
 
 function renderTokens(r) {
-  $("#token-ranks").replaceChildren(...r.tokens.map((t, i) => el("span", {
+  // A token that holds a newline also breaks the line, so the text keeps its shape.
+  const spans = r.tokens.map((t, i) => el("span", {
     class: rankClass(t.rank) + (i === lensIndex(r) ? " selected" : ""),
     title: t.rank === null ? `${t.display} (id ${t.id}): first token, no prediction`
       : `${t.display} (id ${t.id}): rank ${t.rank}, probability ${pct(t.prob)}\nthe model expected: ` +
         r.positions[i - 1].top.slice(0, 3).map((c) => `${c.display} ${pct(c.prob)}`).join(", "),
     text: t.display,
     onclick: () => { state.lensPosition = i; state.view = "lens"; render(); schedule(0); },
-  })));
+  }));
+  $("#token-ranks").replaceChildren(...spans.flatMap((span, i) => (r.tokens[i].text.includes("\n") ? [span, el("br")] : [span])));
 }
 
 function fillSelect(select, count, label, value) {
