@@ -231,3 +231,21 @@ def test_sampling_distribution_follows_the_samplers_order():
   np.testing.assert_allclose(explore.sampling_distribution(probs, top_p=0.6), [0.625, 0.375, 0, 0])
   hot = explore.sampling_distribution(probs, temperature=2.0)
   np.testing.assert_allclose(hot, np.sqrt(probs) / np.sqrt(probs).sum())
+
+
+def test_the_servers_own_app_serves_the_explorer(lm):
+  import time  # pylint: disable=g-import-not-at-top
+  from gptjax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
+  app = app_lib.create_app(lm, app_lib.ServerOptions(num_slots=1, warm_up=False))
+  with TestClient(app) as c:
+    while (health := c.get("/health")).status_code != 200:  # the model loads in a background thread
+      assert health.json()["error"]["code"] == "loading", health.text
+      time.sleep(0.1)
+    reply = c.post("/v1/explore", json={"text": TEXT, "top_k": 3, "ablations": [{"kind": "head", "layer": 0,
+                                                                                  "head": 0}]})
+    assert reply.status_code == 200, reply.text
+    probs = softmax(lm.logits(lm.tokenizer.encode(TEXT))[0, -1])
+    np.testing.assert_allclose([c["prob"] for c in reply.json()["next"]], np.sort(probs)[::-1][:3], atol=1e-5)
+    bad = c.post("/v1/explore", json={"text": TEXT, "top_k": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_k"
+    assert c.get("/explorer").status_code == 200
