@@ -18,15 +18,14 @@ truncated), and the new embedding rows learn only as inputs, through the task lo
 targeted the delimiter and extract tokens; this is the one deliberate difference.)
 
 A fine-tuned model is saved as a Hugging Face folder (the grown embedding, the tokenizer with its task tokens) plus
-`finetune.json` (the task) and `head.safetensors`; `gptjax.load` restores the head, which `LanguageModel.classify`
-/ `.choose` and `python -m gptjax.predict` use.
+`finetune.json` (the task) and `head.safetensors`; `gptjax.load` restores the head (`gptjax/heads.py`), which
+`LanguageModel.classify` / `.choose` and `python -m gptjax.predict` use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import shutil
@@ -47,7 +46,6 @@ from gptjax.tasks import (TASK_TOKENS, TaskData, TaskSpec, add_task_tokens, enco
 
 # Metrics a run can select its best checkpoint by; all are "higher is better".
 CLASS_METRICS, REGRESSION_METRICS = ("accuracy", "f1", "mcc"), ("pearson", "spearman")
-SPEC_FILE, HEAD_FILE = "finetune.json", "head.safetensors"
 
 
 def grow_embedding(config: ModelConfig, params: dict, vocab_size: int, rng: jax.Array
@@ -219,140 +217,8 @@ def compute_metrics(kind: str, predictions: np.ndarray, labels: np.ndarray) -> d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A fine-tuned head, saved beside the model; inference.
-
-
-@dataclasses.dataclass
-class TaskHead:
-  """The task and its head parameters, attached to a `LanguageModel` as `.head`."""
-  spec: TaskSpec
-  params: dict
-
-  def save(self, directory: os.PathLike, extra: Optional[dict] = None) -> None:
-    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.asarray(v, np.float32) for k, v in self.params.items()}, str(directory / HEAD_FILE))
-    info = {"spec": self.spec.to_dict(), "task_tokens": list(TASK_TOKENS), **(extra or {})}
-    (directory / SPEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_head(directory: os.PathLike) -> Optional[TaskHead]:
-  """The head saved in `directory`, or None when it holds a plain language model."""
-  directory = pathlib.Path(directory)
-  if not (directory / SPEC_FILE).exists():
-    return None
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  if not (directory / HEAD_FILE).exists():
-    raise FileNotFoundError(f"{directory} has {SPEC_FILE} but no {HEAD_FILE}: the fine-tuned head is missing")
-  info = json.loads((directory / SPEC_FILE).read_text())
-  spec = TaskSpec.from_dict(info["spec"])
-  params = {k: jnp.asarray(v) for k, v in load_file(str(directory / HEAD_FILE)).items()}
-  return TaskHead(spec, params)
-
-
-def _checked_head(model, kinds: tuple[str, ...], method: str) -> TaskHead:
-  head = getattr(model, "head", None)
-  if head is None:
-    raise ValueError(f"{method} needs a fine-tuned model (one with a task head, saved by gptjax fine-tuning); "
-                     "this is a plain language model")
-  if head.spec.kind not in kinds:
-    other = "choose" if head.spec.kind == "choice" else "classify"
-    raise ValueError(f"This model was fine-tuned for {head.spec.task}: use LanguageModel.{other}, not {method}")
-  if model.tokenizer is None:
-    raise ValueError(f"{method} needs the model's tokenizer, and this model has none")
-  return head
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_forward(config: ModelConfig, kind: str):
-  return jax.jit(lambda params, tokens, lengths: task_forward(config, kind, params, tokens, lengths)[0])
-
-
-def predict_outputs(model, records: Sequence[tuple[str, dict]], batch_size: int = 32, *,
-                    with_labels: bool = False, head: Optional[TaskHead] = None
-                    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-  """Head outputs for `records` (read with `read_records`) with a fine-tuned `LanguageModel`.
-
-  `head` overrides `model.head` (`choose` uses it to take any number of answers).
-
-  Returns:
-    (outputs, labels): outputs [E, C] logits, [E, 1] scores (regression) or [E, N] answer scores; labels as
-    encoded (None unless `with_labels`).
-  """
-  head = head or _checked_head(model, ("classes", "regression", "choice"), "predict")
-  ids = {t: model.tokenizer.token_to_id(t) for t in TASK_TOKENS}
-  missing = [t for t, i in ids.items() if i is None]
-  if missing:
-    raise ValueError(f"The model's tokenizer lacks the task tokens {missing}: it was not saved by fine-tuning")
-  max_length = head.spec.max_length or model.config.block_size
-  data = encode_records(head.spec, model.tokenizer, ids, records, max_length, with_labels=with_labels)
-  # One shape per length bucket (multiples of 32) keeps the number of compiles small.
-  length = min(-(-data.tokens.shape[2] // 32) * 32, model.config.block_size)
-  data = data.padded_to(max(length, data.tokens.shape[2]))
-  forward = _jitted_forward(model.config, head.spec.kind)
-  params = {"transformer": model.params, "head": head.params}
-  outputs = [np.asarray(forward(params, data.tokens[rows], data.lengths[rows]))
-             for rows, _ in _eval_batches(data, batch_size)]
-  return np.concatenate(outputs)[:len(data)], data.labels
-
-
-def _eval_batches(data: TaskData, batch_size: int):
-  """Fixed-shape batches as (rows, weight); the last is padded with copies of row 0 (weight 0)."""
-  for lo in range(0, len(data), batch_size):
-    index = np.arange(lo, lo + batch_size)
-    weight = (index < len(data)).astype(np.float32)
-    yield np.where(index < len(data), index, 0), weight
-
-
-def classify(model, inputs, *, probabilities: bool = False):
-  """`LanguageModel.classify`: labels (or scores, for regression) of one input or a list of inputs.
-
-  An input is a str (classification), a pair of str (entailment, similarity) or a dict of named fields.
-  With `probabilities=True` each result is a {label: probability} dict instead.
-  """
-  head = _checked_head(model, ("classes", "regression"), "classify")
-  single = isinstance(inputs, (str, dict)) or (isinstance(inputs, tuple) and all(isinstance(x, str) for x in inputs))
-  batch = [inputs] if single else list(inputs)
-  fields = head.spec.text_fields
-  records = []
-  for i, item in enumerate(batch):
-    if isinstance(item, str):
-      item = (item,)
-    if not isinstance(item, dict):
-      if len(item) != len(fields):
-        raise ValueError(f"input {i}: {head.spec.task} takes {len(fields)} text(s) {fields}, got {len(item)}")
-      item = dict(zip(fields, item))
-    records.append((f"input {i}", item))
-  outputs, _ = predict_outputs(model, records)
-  if head.spec.kind == "regression":
-    results = [float(x) for x in outputs[:, 0]]
-  elif probabilities:
-    probs = jax.nn.softmax(outputs, axis=-1)
-    results = [dict(zip(head.spec.labels, map(float, p))) for p in np.asarray(probs)]
-  else:
-    results = [head.spec.labels[int(i)] for i in outputs.argmax(axis=-1)]
-  return results[0] if single else results
-
-
-def choose(model, context, choices, *, probabilities: bool = False):
-  """`LanguageModel.choose`: the index of the best answer (or the softmax across answers) for one context and its
-  list of answers, or for a list of contexts and a list of answer lists."""
-  head = _checked_head(model, ("choice",), "choose")
-  single = isinstance(context, str)
-  contexts, answer_lists = ([context], [choices]) if single else (list(context), list(choices))
-  if len(contexts) != len(answer_lists):
-    raise ValueError(f"{len(contexts)} contexts but {len(answer_lists)} answer lists")
-  spec = dataclasses.replace(head.spec, text_fields=("context",), choice_fields=("answers",), num_choices=0)
-  results = []
-  for i, (ctx, answers) in enumerate(zip(contexts, answer_lists)):
-    if isinstance(answers, str) or len(answers) < 2:
-      raise ValueError(f"input {i}: choose needs a list of at least 2 answers, got {answers!r}")
-    sub = TaskHead(dataclasses.replace(spec, num_choices=len(answers)), head.params)
-    outputs, _ = predict_outputs(model, [(f"input {i}", {"context": ctx, "answers": list(answers)})], head=sub)
-    probs = np.asarray(jax.nn.softmax(outputs[0]))
-    results.append([float(p) for p in probs] if probabilities else int(probs.argmax()))
-  return results[0] if single else results
+# A fine-tuned head and its inference live in gptjax/heads.py (on the inference engine); re-exported here.
+from gptjax.heads import HEAD_FILE, SPEC_FILE, TaskHead, choose, classify, load_head, predict_outputs  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,6 +272,14 @@ def export_model(directory: os.PathLike, config: ModelConfig, params: dict, toke
   os.replace(staging, directory)
   shutil.rmtree(old, ignore_errors=True)
   return directory
+
+
+def _eval_batches(data: TaskData, batch_size: int):
+  """Fixed-shape batches as (rows, weight); the last is padded with copies of row 0 (weight 0)."""
+  for lo in range(0, len(data), batch_size):
+    index = np.arange(lo, lo + batch_size)
+    weight = (index < len(data)).astype(np.float32)
+    yield np.where(index < len(data), index, 0), weight
 
 
 def make_train_step(loss_fn, tx, rng: jax.Array):

@@ -14,7 +14,7 @@ from transformers.generation import logits_process
 
 import gptjax
 from gptjax import model as M
-from gptjax import sampling as S
+from gptjax.inference import sampling as S
 from tiny_lm import TINY, random_lm
 
 # GPT-1's post-LN blocks, here with an untied output head too (the head is computed in sampling.py).

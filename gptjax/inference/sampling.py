@@ -1,6 +1,10 @@
-"""Decoding: a prompt prefill, then a `lax.while_loop` of one-token steps over a cached attention state.
+"""Choosing tokens: strategies on logits, per-request settings, and a model-agnostic decoding loop.
 
-Three layers, bottom up (the first two here):
+Four parts, bottom up (the first three here):
+
+0. `SamplingSettings`: one request's settings (validated on the host), which the engine turns into arrays over its
+   slots; `choose_tokens_per_row`, `apply_penalties_per_row` and `filter_per_row` take those arrays, so one compiled
+   program serves requests with different settings (`gptjax/inference/engine.py`).
 
 1. Strategies: small pure functions on next-token logits [B, V]: `greedy`, `apply_repetition_penalty`,
    `filter_top_k_top_p`, and `choose_tokens`, which combines them and draws with explicit per-row keys.
@@ -12,8 +16,8 @@ Three layers, bottom up (the first two here):
    same prefill and loop body as two programs. Programs are cached by jit on (shapes, static strategy):
    temperature, top-k, top-p, penalty, seed and `max_new_tokens` are traced values, so changing them does not
    recompile; only switching a filter on or off does. `trace_counts()` makes compilations observable.
-3. Requests live in `gptjax/generation.py` (behind `LanguageModel.generate` / `.stream`): validation, tokenisation,
-   bucketing of shapes, stop strings and UTF-8-safe streaming text.
+3. Requests live in `gptjax/inference/generation.py` (validation, tokenisation, stop strings and UTF-8-safe streaming
+   text) and run on the slots of `gptjax/inference/engine.py` (behind `LanguageModel.generate` / `.stream`).
 
 Ragged batches are left-padded: the cache index is shared by the batch, pad slots are masked, and each row's
 positions count only its real tokens (see `gptjax/model.py`).
@@ -44,6 +48,143 @@ _TRACES: collections.Counter = collections.Counter()
 def trace_counts() -> dict[str, int]:
   """How many times each decoding program was traced (= compiled) in this process, by program name."""
   return dict(_TRACES)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 0. Per-request settings, as arrays over the engine's slots.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Static sizes of the engine's per-slot arrays (part of its compiled programs' shapes).
+MAX_TOP_LOGPROBS = 20  # OpenAI's largest `top_logprobs`.
+MAX_STOP_SEQUENCES = 8  # OpenAI allows 4 stop strings; <|endoftext|> and a caller's own ids take the rest.
+MAX_STOP_LENGTH = 16  # Tokens per stop sequence.
+
+
+def _is_real(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  """One request's settings; the engine holds them as arrays over its slots (see `LanguageModel.generate` for the
+  maths of the first four, applied in Hugging Face's order).
+
+  Attributes:
+    temperature: T >= 0; probabilities are softmax(l / T). 0 means greedy (argmax).
+    top_k: Keep the k largest logits; 0 disables.
+    top_p: Nucleus: the smallest set of most likely tokens whose probability reaches p; 1 disables.
+    repetition_penalty: CTRL's penalty r > 0 on tokens of the prompt or generated so far; 1 disables.
+    presence_penalty: OpenAI's: l_i -= presence for every token i generated so far, in [-2, 2].
+    frequency_penalty: OpenAI's: l_i -= frequency * (times token i was generated so far), in [-2, 2].
+    seed: The draws' seed (any integer; taken modulo 2**32).
+    stream_index: Which stream of the seed (the choice index for n > 1). Step s draws with
+      `fold_in(fold_in(key(seed), stream_index), s)`, so a request's tokens do not depend on what shares the batch.
+    max_tokens: Most tokens to generate.
+    stop_token_ids: Token-id sequences that end the request (each reported, as the text layer strips them); the
+      caller adds <|endoftext|> if wanted.
+    logprobs: How many most likely alternatives to report per generated token (the chosen one's always is).
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  repetition_penalty: float = 1.0
+  presence_penalty: float = 0.0
+  frequency_penalty: float = 0.0
+  seed: int = 0
+  stream_index: int = 0
+  max_tokens: int = 16
+  stop_token_ids: tuple = ()
+  logprobs: int = 0
+
+  def validate(self, vocab_size: int) -> None:
+    """Raises ValueError naming the first field outside its range, and the range."""
+    SamplingParams(self.temperature, self.top_k, self.top_p, self.repetition_penalty).validate(vocab_size)
+    for name in ("presence_penalty", "frequency_penalty"):
+      value = getattr(self, name)
+      if not _is_real(value) or not -2 <= value <= 2:
+        raise ValueError(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
+    if not _is_int(self.seed):
+      raise ValueError(f"seed must be an integer, got {self.seed!r}")
+    if not _is_int(self.stream_index) or not 0 <= self.stream_index < 2**31:
+      raise ValueError(f"stream_index must be an integer in [0, 2**31), got {self.stream_index!r}")
+    if not _is_int(self.max_tokens) or self.max_tokens < 1:
+      raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+    most = min(MAX_TOP_LOGPROBS, vocab_size)
+    if not _is_int(self.logprobs) or not 0 <= self.logprobs <= most:
+      raise ValueError(f"logprobs must be an integer in [0, {most}], got {self.logprobs!r}")
+    stops = self.stop_token_ids
+    if not isinstance(stops, (tuple, list)) or len(stops) > MAX_STOP_SEQUENCES:
+      raise ValueError(f"stop_token_ids must be a tuple of at most {MAX_STOP_SEQUENCES} token-id tuples, got "
+                       f"{stops!r}")
+    for seq in stops:
+      if (not isinstance(seq, (tuple, list)) or not 1 <= len(seq) <= MAX_STOP_LENGTH
+          or not all(_is_int(t) and 0 <= t < vocab_size for t in seq)):
+        raise ValueError(f"stop_token_ids: each sequence must hold 1 to {MAX_STOP_LENGTH} token ids in "
+                         f"[0, vocab_size={vocab_size}), got {seq!r}")
+
+
+def filter_per_row(logits_BV, top_k_B, top_p_B):
+  """`filter_top_k_top_p` with each row's own k (0 = off) and p (1 = off); an off row is left exactly as it is."""
+  V = logits_BV.shape[-1]
+  sorted_BV = -jnp.sort(-logits_BV, axis=-1)  # Decreasing.
+  k_B = jnp.where(top_k_B > 0, jnp.clip(top_k_B, 1, V), V).astype(jnp.int32)
+  sorted_BV = jnp.where(jnp.arange(V) < k_B[:, None], sorted_BV, _NEG_INF)
+  probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+  mass_before_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV).at[:, 0].set(0.0)
+  # A row with p = 1 keeps everything: rounding may leave the mass before its last tokens at 1.0, not below.
+  kept_B = jnp.sum((mass_before_BV < top_p_B[:, None]) | (top_p_B[:, None] >= 1), axis=-1, dtype=jnp.int32)
+  last_B = jnp.minimum(k_B, kept_B) - 1
+  threshold_B1 = jnp.take_along_axis(sorted_BV, last_B[:, None], axis=1)
+  return jnp.where(logits_BV >= threshold_B1, logits_BV, _NEG_INF)
+
+
+def apply_penalties_per_row(logits_BV, seen_BV, counts_BV, repetition_B, presence_B, frequency_B):
+  """CTRL's repetition penalty on `seen_BV` tokens (prompt and generated), then OpenAI's presence and frequency
+  penalties on generated `counts_BV`; each row with its own values (1, 0, 0 leave it exactly as it is)."""
+  r_B1 = repetition_B[:, None]
+  logits_BV = jnp.where(seen_BV, jnp.where(logits_BV > 0, logits_BV / r_B1, logits_BV * r_B1), logits_BV)
+  counts_BV = counts_BV.astype(jnp.float32)
+  return logits_BV - presence_B[:, None] * (counts_BV > 0) - frequency_B[:, None] * counts_BV
+
+
+def choose_tokens_per_row(keys_B, logits_BV, temperature_B, top_k_B, top_p_B):
+  """The next token of every row with its own strategy: greedy where T = 0, else a draw after top-k and top-p.
+
+  The sort (top-k / top-p) and the draw run only when some row needs them (`lax.cond`), and rows that do not are
+  unchanged by them, so a row's token depends on its own logits, settings and key only.
+
+  Returns:
+    int32 [B] token ids.
+  """
+  greedy_B = greedy(logits_BV)
+
+  def draw(_):
+    scaled_BV = logits_BV / jnp.where(temperature_B > 0, temperature_B, 1.0)[:, None]
+    filtered_BV = jax.lax.cond(jnp.any((top_k_B > 0) | (top_p_B < 1)),
+                               lambda x: filter_per_row(x, top_k_B, top_p_B), lambda x: x, scaled_BV)
+    return jax.vmap(jax.random.categorical)(keys_B, filtered_BV).astype(jnp.int32)
+
+  drawn_B = jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy_B, None)
+  return jnp.where(temperature_B > 0, drawn_B, greedy_B)
+
+
+def stop_sequences_array(stop_token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+  """One request's stop sequences as [MAX_STOP_SEQUENCES, MAX_STOP_LENGTH], right-aligned, -1 padding."""
+  out = np.full((MAX_STOP_SEQUENCES, MAX_STOP_LENGTH), -1, np.int32)
+  for s, seq in enumerate(stop_token_ids):
+    out[s, MAX_STOP_LENGTH - len(seq):] = seq
+  return out
+
+
+def ends_with_stop(window_BL, stop_BSL):
+  """Whether each row's last generated tokens `window_BL` (-1 before the first) end with one of its sequences."""
+  match_BSL = (stop_BSL < 0) | (window_BL[:, None, :] == stop_BSL)
+  return (match_BSL.all(axis=-1) & (stop_BSL >= 0).any(axis=-1)).any(axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
