@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import weakref
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -268,113 +267,12 @@ def _position(value, T: int, field: str) -> int:
 
 # ---- The forward pass --------------------------------------------------------------------------------------------
 
-_ENGINES = weakref.WeakKeyDictionary()
-
-
 def engine_for(model):
   """The engine to run `model` on: `model` itself when it is an engine, else the LanguageModel's own."""
   if hasattr(model, "forward"):
     return model
-  if hasattr(model, "engine"):
-    # The explorer never decodes (forward allocates no slot cache): the smallest engine will do.
-    return model.engine(num_slots=1)
-  if model not in _ENGINES:
-    _ENGINES[model] = _TemporaryEngine(model)
-  return _ENGINES[model]
-
-
-class _TemporaryEngine:
-  """TEMPORARY stand-in for `gptjax.inference.engine.Engine.forward` (CONTRACT.md) until branch `engine` has it.
-
-  Ablations and hidden states are taken with Flax method interceptors around the unchanged model; lengths are
-  padded to powers of two (on the right: causal attention keeps real positions exact) so that a page typing text
-  compiles a handful of programs, not one per length.
-  """
-
-  def __init__(self, lm):
-    self.lm = lm
-    self.max_length = lm.config.block_size
-
-  def forward(self, ids_BT, mask_BT=None, *, hidden_states=False, attention=False, ablations=()):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    ids_BT = np.asarray(ids_BT, np.int32)
-    B, T = ids_BT.shape
-    mask_BT = np.ones((B, T), bool) if mask_BT is None else np.asarray(mask_BT, bool)
-    cfg = self.lm.config
-    padded = min(max(8, 1 << (T - 1).bit_length()), cfg.block_size)
-    ids = np.zeros((B, padded), np.int32)
-    ids[:, :T] = ids_BT
-    mask = np.zeros((B, padded), bool)
-    mask[:, :T] = mask_BT
-    keep_head_NH = np.ones((cfg.num_layers, cfg.num_heads), np.float32)
-    keep_attn_N = np.ones(cfg.num_layers, np.float32)
-    keep_mlp_N = np.ones(cfg.num_layers, np.float32)
-    for ablation in ablations:
-      if ablation[0] == "head":
-        keep_head_NH[ablation[1], ablation[2]] = 0.0
-      elif ablation[0] == "attn":
-        keep_attn_N[ablation[1]] = 0.0
-      else:
-        keep_mlp_N[ablation[1]] = 0.0
-    logits, hidden, probs = self._program(bool(hidden_states), bool(attention))(
-        self.lm.params, jnp.asarray(ids), jnp.asarray(mask), keep_head_NH, keep_attn_N, keep_mlp_N)
-    logits = np.asarray(logits)[:, :T]
-    hidden = None if hidden is None else np.asarray(hidden)[:, :, :T]
-    probs = None if probs is None else np.asarray(probs)[:, :, :, :T, :T]
-    return _Forward(logits, hidden, probs)
-
-  @functools.lru_cache(maxsize=None)
-  def _program(self, hidden_states: bool, attention: bool):
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from gptjax.model import GPT  # pylint: disable=g-import-not-at-top
-    cfg = self.lm.config
-    model = GPT(cfg)
-
-    def run(params, ids, mask, keep_head_NH, keep_attn_N, keep_mlp_N):
-      hidden = [None] * (cfg.num_layers + 1)
-
-      def interceptor(next_fun, args, kwargs, context):
-        path = context.module.scope.path if context.module.scope is not None else ()
-        if context.method_name != "__call__" or not path or not path[0].startswith("h_"):
-          return next_fun(*args, **kwargs)
-        layer = int(path[0][2:])
-        if path[1:] == () and hidden_states:
-          hidden[layer] = args[0]
-          out = next_fun(*args, **kwargs)
-          hidden[layer + 1] = out
-          return out
-        if path[1:] == ("attn", "c_proj"):  # input [B, L, H, K]: zero a head's output before the projection
-          return next_fun(args[0] * keep_head_NH[layer][:, None].astype(args[0].dtype), *args[1:], **kwargs)
-        if path[1:] == ("attn",):
-          return next_fun(*args, **kwargs) * keep_attn_N[layer]
-        if path[1:] == ("mlp",):
-          return next_fun(*args, **kwargs) * keep_mlp_N[layer]
-        return next_fun(*args, **kwargs)
-
-      with nn.intercept_methods(interceptor):
-        if attention:
-          logits, state = model.apply({"params": params}, ids, attention_mask_BL=mask, mutable=["intermediates"])
-        else:
-          logits, state = model.apply({"params": params}, ids, attention_mask_BL=mask), None
-      hidden_NBTD = jnp.stack(hidden) if hidden_states else None
-      probs_NBHTT = None
-      if attention:
-        probs_NBHTT = jnp.stack([state["intermediates"][f"h_{i}"]["attn"]["attention_weights"][0]
-                                 for i in range(cfg.num_layers)])
-      return logits, hidden_NBTD, probs_NBHTT
-
-    return jax.jit(run)
-
-
-@dataclasses.dataclass
-class _Forward:
-  """The contract's `Forward` (gptjax/inference/engine.py)."""
-  logits_BTV: np.ndarray
-  hidden_NBTD: Optional[np.ndarray]
-  attention_NBHTT: Optional[np.ndarray]
+  # The explorer never decodes (`forward` allocates no slot cache): the smallest engine will do.
+  return model.engine(num_slots=1)
 
 
 def _forward(engine, ids: Sequence[int], **kwargs):
