@@ -152,10 +152,13 @@ def main(argv):
 
     fns.update(hf_forward=hf_forward, hf_next=lambda: hf_reply(False, full=False), hf_reply=lambda: hf_reply(False),
                hf_ablation=lambda: hf_reply(True))
-    # Same weights, same answer: the top-k at every position agrees.
-    ours_top = [[c["id"] for c in p["top"]] for p in json.loads(ours(False, full=False))["positions"]]
-    agree = ours_top == hf_reply(False, full=False)[0].indices.tolist()
-    print(f"top-{k} next tokens at all {T} positions agree with HF: {agree}")
+    # Same weights, same answer: every candidate's probability as HF computes it (random weights give near-ties, so
+    # the order of two candidates may differ within rounding; their probabilities may not).
+    positions = json.loads(ours(False, full=False))["positions"]
+    with torch.no_grad():
+      hf_probs = torch.softmax(reference(input_ids).logits[0].double(), -1).numpy()
+    gap = max(abs(c["prob"] - hf_probs[t, c["id"]]) for t, p in enumerate(positions) for c in p["top"])
+    print(f"top-{k} candidates at {T} positions: largest probability difference from HF {gap:.1e}")
 
   print(f"GPT-2 shape: layers={cfg.num_layers} heads={cfg.num_heads} width={cfg.emb_dim} vocab={cfg.vocab_size} "
         f"({M.count_params(lm.params) / 1e6:.1f}M parameters); {T} tokens; engine {type(engine).__name__}; "

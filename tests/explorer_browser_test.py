@@ -155,7 +155,7 @@ def test_type_click_undo_and_attention(server, page, tmp_path):
   assert page.locator("#head").input_value() == "1" and page.locator("#layer").input_value() == "1"
   tokens = page.locator("#attention-tokens span")
   tokens.nth(tokens.count() - 1).hover()
-  # The last token attends to itself and earlier tokens: some of them are now shaded.
+  # The last token attends to every token (itself included): each is shaded by its weight.
   shaded = page.eval_on_selector_all("#attention-tokens span", "s => s.filter(x => x.style.background).length")
   assert shaded == tokens.count()
   assert "does not show" in page.locator(".caveat").text_content()
@@ -168,7 +168,22 @@ def test_token_ranks_lens_ablation_sampling_and_export(server, page, tmp_path):
   page.goto(server + "/explorer?text=" + urllib.request.quote("The quick brown fox"))
   assert page.locator("#text").input_value() == "The quick brown fox"  # the permalink
   page.wait_for_function("document.querySelectorAll('#next li').length === 10")
+
+  # Typing is debounced (fewer requests than keys) and the list ends up describing the final text.
+  explores = []
+  page.on("request", lambda r: explores.append(r) if r.url.endswith("/v1/explore") else None)
+  page.focus("#text")
+  page.keyboard.press("End")
+  page.keyboard.type(" jumps", delay=10)
+  final = explore(server, text="The quick brown fox jumps")["next"]
+  page.wait_for_function("document.querySelector('#text').value === 'The quick brown fox jumps'")
+  page.wait_for_function(
+      "() => [...document.querySelectorAll('#next li .tok')].map(n => n.textContent).join('|') === "
+      + json.dumps("|".join(c["display"] for c in final)))
+  assert 1 <= len(explores) < len(" jumps"), [r.post_data for r in explores]
+  page.fill("#text", "The quick brown fox")
   reply = explore(server, text="The quick brown fox")
+  page.wait_for_function(f"document.querySelector('#status').textContent === '{len(reply['tokens'])} tokens'")
 
   page.click("#tabs button[data-view=tokens]")
   spans = page.locator("#token-ranks span")
