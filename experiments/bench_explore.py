@@ -14,21 +14,24 @@ at every position, the lens through `ln_f` and `lm_head`, and, with the ablation
 slice of `c_proj`'s input zeroed by a hook. It stops at tensors: no JSON, no float16 encoding, so it does less.
 Times are medians of `--repeats` calls after a warm-up call (gptjax's compile time is the warm-up's excess).
 
-Measured on the development machine: 2 CPU cores shared with ~6 other jobs (load average 3-6), jax 0.10.2 CPU,
-torch 2.13 CPU, float32, random weights without a tokenizer (token texts are then `<id>`; with GPT-2's tokenizer the
-per-id text table is built once per tokenizer and cached).
+Measured on the development machine: 2 CPU cores shared with other jobs (load average 1-3 during this run; at
+load 8-13 every figure was 3-5x larger), jax 0.10.2 CPU, torch 2.13 CPU, float32, random weights without a
+tokenizer (token texts are then `<id>`; with GPT-2's tokenizer the per-id text table is built once and cached).
 
   python experiments/bench_explore.py --repeats=5 --torch_threads=2
-  GPT-2 shape: layers=12 heads=12 width=768 vocab=50257 (124.4M parameters); 128 tokens
+  top-10 candidates at 128 positions: largest probability difference from HF 9.9e-10
+  GPT-2 shape: layers=12 heads=12 width=768 vocab=50257 (124.4M parameters); 128 tokens; engine Engine
   what                       |  gptjax ms |     HF ms
-  forward (logits+attn+hid)  |      392.9 |     444.8
-  full reply                 |      714.0 |     501.6
-  full reply + ablation      |     1074.7 |     874.5
-  reply size: 6.58 MB of JSON; compile 7.9 s (first call)
+  forward (logits+attn+hid)  |      237.6 |     210.8
+  next tokens + ranks only   |      326.7 |     253.8
+  full reply                 |      376.0 |     307.3
+  full reply + ablation      |      627.4 |     543.4
+  reply size: 6.48 MB of JSON; compile 1.4 s (first calls)
 
-A full reply takes ~0.7 s on this shared 2-core CPU (goal < 1 s); with an ablation ~1.1 s, because the ablated
-forward runs all 12 blocks again. About 0.3 s of the reply is after the forward: JSON of 1,280 candidates and the
-6.3 MB base64 of the attention; a page that only shows next tokens asks without `attention` (about 0.45 s).
+A full reply takes ~0.38 s (goal < 1 s), ~0.63 s with an ablation (a second forward pass through all 12 blocks).
+HF is ~20% faster here while doing less (it stops at tensors). About 0.1-0.15 s of ours is host work after the
+forward pass in numpy (log-softmax, top-k and ranks over [128, 50257], JSON of 1,280 candidates, the 6.3 MB base64
+of the attention); moving the log-softmax and top-k into a jitted program was slower on this CPU (`lax.top_k`).
 """
 
 from __future__ import annotations
