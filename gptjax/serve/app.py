@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptjax.inference.generation import TextStream
 from gptjax.serve import batcher as batcher_lib
 from gptjax.serve import protocol
 from gptjax.serve.protocol import APIError, bad_request
@@ -41,14 +42,6 @@ from gptjax.serve.protocol import APIError, bad_request
 log = logging.getLogger("gptjax.serve")
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default.
-
-
-def _text_stream_class():
-  try:  # The engine branch moves the text layer to gptjax/inference/generation.py.
-    from gptjax.inference.generation import TextStream  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from gptjax.generation import TextStream  # pylint: disable=g-import-not-at-top
-  return TextStream
 
 
 @dataclasses.dataclass
@@ -268,24 +261,20 @@ async def _warm_up(state: _State) -> None:
   """Compiles what serving needs before /health says ok: every prompt-length bucket's prefill, the decode step
   (greedy and sampled, with log-probs), and the prompt forward of `echo`, so that no request waits on XLA."""
   from gptjax.inference import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  lengths, n = [], 1
-  while n < state.context:
-    lengths.append(n)
-    n *= 2
-  lengths.append(state.context - 1)
+  context = state.context
+  # One prompt per prefill bucket (the engine's policy), at the bucket's longest length that leaves one token.
+  lengths = sorted({min(engine_lib.bucket(n, 8, context), context - 1) for n in range(1, context)})
   sink = asyncio.Queue()
-  ids = []
   for i, length in enumerate(lengths):
     settings = engine_lib.SamplingSettings(temperature=0.0 if i % 2 else 1.0, top_k=5 * (i % 2), max_tokens=1,
                                            logprobs=1 if i % 2 else 0, seed=i)
-    rid = state.batcher.new_id("warmup")
-    state.batcher.submit(rid, [0] * length, settings, sink)
-    ids.append(rid)
-  for _ in ids:
+    state.batcher.submit(state.batcher.new_id("warmup"), [0] * length, settings, sink)
+  for _ in lengths:
     _, event = await sink.get()
     if isinstance(event, BaseException):
       raise event
-  for length in lengths:
+  await state.batcher.call(lambda: state.engine.release(0))  # What a cancelled request runs.
+  for length in lengths:  # The prompt forward of echo + logprobs.
     await state.batcher.call(lambda length=length: _prompt_logprobs(state, [0] * length, 1))
 
 
@@ -389,17 +378,17 @@ def _settings(state: _State, body, prompts: list[list[int]], stops: list[str], m
           f"This model's maximum context length is {state.context} tokens. However, you requested "
           f"{len(p) + max_tokens} tokens ({len(p)} in prompt {i}, {max_tokens} in the completion). Please reduce "
           "the prompt or max_tokens.", param=prompt_param, code="context_length_exceeded")
-  stop_ids = [] if state.tokenizer.eos_id is None else [(state.tokenizer.eos_id,)]
+  stop_ids = [] if state.tokenizer.eos_id is None or body.ignore_eos else [(state.tokenizer.eos_id,)]
   for s in stops:
     try:  # The engine stops at the usual encoding at once; TextStream catches any other spelling.
       encoded = tuple(state.tokenizer.encode(s))
     except ValueError:
       continue
-    if encoded:
+    if 0 < len(encoded) <= _MAX_STOP_TOKENS:  # Longer ones are left to TextStream alone.
       stop_ids.append(encoded)
-  seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+  seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
   choices = []
-  for i in range(len(prompts)):
+  for i, prompt in enumerate(prompts):
     for j in range(n):
       settings = engine_lib.SamplingSettings(
           temperature=1.0 if body.temperature is None else body.temperature,
@@ -408,20 +397,36 @@ def _settings(state: _State, body, prompts: list[list[int]], stops: list[str], m
           repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
           presence_penalty=body.presence_penalty or 0.0,
           frequency_penalty=body.frequency_penalty or 0.0,
-          seed=seed % 2**31,
+          seed=seed,
           stream_index=j,
           max_tokens=max_tokens,
           stop_token_ids=tuple(stop_ids),
           logprobs=logprobs or 0)
-      if i == 0 and j == 0:
-        try:
-          settings.validate(state.vocab_size)
-        except ValueError as e:
-          word = str(e).split()[0].strip(":=")
-          raise bad_request(str(e), param=word if word in type(body).model_fields else None) from None
+      if j == 0 and max_tokens > 0:
+        _check_request(state, body, prompt, settings, prompt_param)
       choices.append(_Choice(index=len(choices), prompt=i, request_id=state.batcher.new_id("req"),
                              settings=settings))
   return choices
+
+
+# The engine's limit on a stop sequence's tokens; a stop string encoding to more is matched on text only.
+_MAX_STOP_TOKENS = 16
+# Engine messages start with the field they are about; the request field it came from.
+_ENGINE_FIELDS = {"stop_token_ids": "stop", "prompt_ids": "prompt", "stream_index": "n"}
+
+
+def _check_request(state: _State, body, prompt: list[int], settings, prompt_param: str) -> None:
+  """The engine's own validation, run here (it is pure) so that a bad value is a 400 before anything is queued."""
+  try:
+    state.engine.check_request(prompt, settings)
+  except ValueError as e:
+    word = str(e).split()[0].strip(":=,")
+    param = _ENGINE_FIELDS.get(word, word)
+    if param == "logprobs" and isinstance(body, protocol.ChatCompletionRequest):
+      param = "top_logprobs"
+    if param == "prompt":
+      param = prompt_param
+    raise bad_request(str(e), param=param if param in type(body).model_fields else None) from None
 
 
 def _check_unsupported(body) -> None:
@@ -498,7 +503,6 @@ class _ChoiceText:
   """One choice's text layer: engine events in, safe text out, with the tokens behind the text released along."""
 
   def __init__(self, state: _State, plan: _Plan, choice: _Choice):
-    TextStream = _text_stream_class()  # pylint: disable=invalid-name
     prompt_ids = plan.prompts[choice.prompt]
     self.index = choice.index
     self._eos = state.tokenizer.eos_id
@@ -546,7 +550,6 @@ def _prompt_logprobs(state: _State, ids: list[int], top_n: int) -> list[_Token]:
 
   Runs on the engine thread: one forward pass, log-softmax over the vocabulary the tokenizer knows.
   """
-  TextStream = _text_stream_class()  # pylint: disable=invalid-name
   logits_TV = np.asarray(state.engine.forward(np.asarray([ids], np.int32)).logits_BTV[0], np.float64)
   logits_TV = logits_TV[:, :state.vocab_size]
   logp_TV = logits_TV - np.logaddexp.reduce(logits_TV, axis=-1, keepdims=True)

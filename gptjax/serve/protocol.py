@@ -69,6 +69,7 @@ class _Sampling(BaseModel):
   # Extensions (vLLM's names): passed through `extra_body` by the openai client.
   top_k: Optional[int] = Field(default=None, ge=0)
   repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
+  ignore_eos: Optional[bool] = False  # Generate max_tokens whatever the model says (benchmarks).
 
   @pydantic.field_validator("stop")
   @classmethod
