@@ -7,6 +7,8 @@ setuptools.setup(
     version="0.1.0",
     description="GPT-1 and GPT-2 in JAX/Flax: train, fine-tune, probe and serve.",
     packages=setuptools.find_packages(include=["gptjax", "gptjax.*"]),
+    # The explorer page (GET /explorer): static files served from the installed package.
+    package_data={"gptjax.serve": ["static/*.html", "static/*.css", "static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -37,6 +39,9 @@ setuptools.setup(
             "transformers>=4.45",
             # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
             "openai>=1.40",
+            "httpx",  # FastAPI's TestClient
+            # Browser tests drive the system's Chromium (`apt-get install chromium`); never `playwright install`.
+            "playwright>=1.40",
         ],
     },
 )

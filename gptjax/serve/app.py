@@ -121,6 +121,8 @@ def create_app(lm: Union[Any, Callable[[], Any]], options: Optional[ServerOption
   app.state.gptjax = state
   app.add_middleware(_AccessLog)
   _add_error_handlers(app)
+  from gptjax.serve import explorer  # pylint: disable=g-import-not-at-top  (POST /v1/explore, GET /explorer)
+  app.include_router(explorer.router)
 
   @app.get("/health")
   async def health():
