@@ -32,7 +32,9 @@ class _OursOnly(py_logging.Filter):
 
   def filter(self, record):
     if record.levelno >= py_logging.WARNING:
-      return True
+      # orbax warns at every save without a validation loss that the best-checkpoint policy has none to rank:
+      # the checkpointer means it (gptjax/checkpoint.py), so it is chatter, not news.
+      return "did not provide metrics" not in record.getMessage()
     path = os.path.abspath(record.pathname)
     return path.startswith(_PACKAGE_DIR) or path == os.path.abspath(sys.argv[0])
 

@@ -13,8 +13,9 @@ import jax
 import optax
 
 from gptjax import model as model_lib
-from gptjax.train import loop as _loop
-from gptjax.train.loop import TrainState, train_and_evaluate  # noqa: F401  (re-exported)
+from gptjax.train import step as _loop
+from gptjax.train.loop import train_and_evaluate  # noqa: F401  (re-exported)
+from gptjax.train.step import TrainState  # noqa: F401
 from gptjax.train.objectives import evaluate, loss_fn, parse_eval_tasks, run_eval_tasks  # noqa: F401
 
 

@@ -1,6 +1,23 @@
-"""The loop's own pieces: early stopping (both directions, state round trip)."""
+"""The loop (gptjax/train/loop.py): early stopping (both directions, state round trip), and whole runs: resume
+checks, early stopping kept in the checkpoint, logs cut back on resume, unreadable checkpoints, profiling."""
 
+import json
+import logging
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax import checkpoint
+from gptjax import metrics as metrics_lib
+from gptjax.train import guards
 from gptjax.train import loop
+import train_helpers
+from train_helpers import read_metrics, tiny_config
+
+train_helpers.enable_compilation_cache()
+TIMING = ("tokens_per_sec", "step_time_s", "mfu")
 
 
 def test_best_evaluation_is_kept_and_early_stopping_counts_evaluations_without_improvement():
@@ -25,25 +42,7 @@ def test_best_evaluation_is_kept_and_early_stopping_counts_evaluations_without_i
   assert losses.stopped
 
 
-# ---- Runs: resume checks, early stopping kept, logs cut back, unreadable checkpoints, profiling ----------------
-
-import json  # noqa: E402  (the runs below share the module's corpus)
-import logging  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from gptjax import checkpoint  # noqa: E402
-from gptjax import metrics as metrics_lib  # noqa: E402
-from gptjax.train import guards  # noqa: E402
-import train_helpers  # noqa: E402
-from train_helpers import read_metrics, tiny_config  # noqa: E402
-
-train_helpers.enable_compilation_cache()
-TIMING = ("tokens_per_sec", "step_time_s", "mfu")
+# ---- Runs ------------------------------------------------------------------------------------------------------
 
 
 def _strip(records):

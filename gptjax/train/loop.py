@@ -5,8 +5,9 @@
 1. refuse early: `schema.check` (every field against its range), the mesh against the batch, the workdir lock, the
    checkpoint's identity against this config (`guards.check_resume`), then the data (both splits against the
    window) and its content against the checkpoint's, all before the first compile;
-2. state: `eval_shape` of the objective's boxed init -> logical partition specs -> `jit(init, out_shardings=...)`,
-   so no device ever holds an unsharded copy; or the latest readable checkpoint restored onto this mesh;
+2. state (`gptjax.train.step`): `eval_shape` of the objective's boxed init -> logical partition specs ->
+   `jit(init, out_shardings=...)`, so no device ever holds an unsharded copy; or the latest readable checkpoint
+   restored onto this mesh;
 3. loop: `train_step(state, batch, rng)` is jitted with donated state; batch k is a function of (seed, k), made in
    a background thread while the device runs the step before, and its dropout key is `fold_in(rng, k)`, so a
    resumed run repeats an uninterrupted one bit for bit. Step metrics stay on the device until the next log
@@ -32,13 +33,9 @@ import pathlib
 import time
 from typing import Any, Callable, Optional
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -49,146 +46,7 @@ from gptjax import sharding
 from gptjax.train import guards
 from gptjax.train import objectives as objectives_lib
 from gptjax.train import schema
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes. Leaves are plain (unboxed) arrays; their shardings live beside, in a like tree.
-
-  Attributes:
-    step: int32 scalar, updates applied so far.
-    params: the trained parameters (float32 unless `param_dtype` says otherwise).
-    opt_state: the optax state.
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pure functions: steps and state construction, for any objective.
-
-
-def _interleave(batch, num_microbatches: int):
-  """Reorders rows so that microbatch i takes rows i, i + M, i + 2M, ...: rows every device already holds."""
-  def one(x):
-    B = x.shape[0]
-    return x.reshape((B // num_microbatches, num_microbatches) + x.shape[1:]).swapaxes(0, 1).reshape(x.shape)
-  return jax.tree.map(one, batch)
-
-
-def make_train_step(objective, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                    num_microbatches: int = 1):
-  """The pure `train_step(state, batch, rng) -> (state, metrics)` of `objective`.
-
-  `rng` is the run's dropout key; the step's own key is `fold_in(rng, state.step)` (microbatch i of several gets
-  `fold_in` of that with i). `metrics` holds the batch's loss, the global gradient norm (before clipping) and the
-  objective's own terms.
-  """
-  batch_sharding = sharding.batch_sharding(mesh)
-
-  def micro_loss(params, microbatch, rng, normalizer):
-    # Each microbatch is spread over every data-parallel device, not left on the few that hold its rows.
-    microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
-    return objective.loss(params, microbatch, rng, deterministic=False, normalizer=normalizer)
-
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-  def train_step(state: TrainState, batch, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-    normalizer = objective.normalizer(batch)  # The whole batch's counts: every microbatch divides by them.
-    if num_microbatches == 1:
-      (loss, terms), grads = grad_fn(state.params, batch, rng, normalizer)
-    else:
-      micro = jax.tree.map(lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]),
-                           _interleave(batch, num_microbatches))
-
-      def body(carry, xs):
-        index, microbatch = xs
-        (loss_i, terms_i), grads_i = grad_fn(state.params, microbatch, jax.random.fold_in(rng, index), normalizer)
-        return jax.tree.map(jnp.add, carry, (loss_i, terms_i, grads_i)), None
-
-      # Accumulate in float32 whatever the param dtype: many small bf16 additions lose the low bits.
-      shapes = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, normalizer))
-      (_, terms_shape), _ = shapes
-      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), terms_shape),
-               jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), state.params))
-      (loss, terms, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
-      grads = jax.tree.map(lambda g, p: g.astype(jnp.result_type(p)), grads, state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **terms}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
-
-
-def abstract_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation):
-  """The boxed `TrainState` as shapes only, and the init function that builds it.
-
-  Args:
-    init_params: rng -> parameters boxed in `nn.LogicallyPartitioned` (an objective's `init_params`).
-    tx: the optimizer.
-
-  Returns:
-    (init_boxed, abstract): `init_boxed(rng)` builds the boxed state; `abstract = jax.eval_shape(init_boxed, key)`.
-  """
-  def init_boxed(rng):
-    params = init_params(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  return init_boxed, jax.eval_shape(init_boxed, jax.random.key(0))
-
-
-def state_shardings(init_params, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
-  """(shardings, shapes): `NamedSharding`s of the unboxed `TrainState` on `mesh`, and its ShapeDtypeStructs."""
-  _, boxed = abstract_state(init_params, tx)
-  return sharding.tree_shardings(boxed, mesh), nn.meta.unbox(boxed)
-
-
-def init_train_state(init_params, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, rng: jax.Array,
-                     params: Any = None) -> tuple[TrainState, TrainState]:
-  """Builds the train state directly in its sharded layout.
-
-  Args:
-    init_params: rng -> boxed parameters (an objective's `init_params`).
-    tx: the optimizer.
-    mesh: device mesh.
-    rng: init key (ignored when `params` is given).
-    params: optional host arrays (pretrained weights) to start from, shaped like `init_params`' result.
-
-  Returns:
-    (state, shardings): the state at step 0 and the like tree of `NamedSharding`s.
-  """
-  init_boxed, _ = abstract_state(init_params, tx)
-  shardings, shapes = state_shardings(init_params, tx, mesh)
-  # No axis rules in scope here: out_shardings place the result, and flax's DenseGeneral would otherwise apply
-  # its 4-D logical names to the 2-D kernel it initialises first.
-  if params is None:
-    state = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=shardings)(rng)
-  else:
-    params = put_params(params, shapes.params, shardings.params)
-    state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
-                    out_shardings=shardings)(params)
-  return state, shardings
-
-
-def put_params(params, shapes, shardings):
-  """Host arrays -> sharded device arrays of the model's dtypes; names the first mismatched parameter."""
-  flat_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  try:
-    flat_params = treedef.flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"The initial parameters do not have the model's structure: {e}") from None
-  out = []
-  for (path, shape), value, target in zip(flat_shapes, flat_params, treedef.flatten_up_to(shardings)):
-    value = np.asarray(value)
-    if value.shape != shape.shape:
-      raise ValueError(f"Parameter {jax.tree_util.keystr(path)}: checkpoint shape {value.shape}, model shape "
-                       f"{shape.shape}")
-    value = value.astype(shape.dtype)
-    # Every process holds the whole host array and contributes the slices its devices own.
-    out.append(jax.make_array_from_callback(value.shape, target, lambda index, v=value: v[index]))
-  return jax.tree_util.tree_unflatten(treedef, out)
+from gptjax.train.step import TrainState, init_train_state, make_train_step, state_shardings  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -356,6 +214,7 @@ class _Run:
                stop: guards.StopRequest):
     self.config, self.workdir, self.mesh, self.ckpt, self.stop = config, workdir, mesh, ckpt, stop
     self.allow_changes = bool(config.checkpoint.get("allow_resume_changes", False))
+    self.last_saved: Optional[int] = None
     self.start, self.resume_meta = self._latest_meta()
     if self.start is not None:
       guards.check_resume(self.resume_meta.get("identity", {}), objectives_lib.objective_identity(config),
@@ -492,6 +351,7 @@ class _Run:
     tokens_per_step = plan.batch_size * objective.tokens_per_example
     multiprocess = jax.process_count() > 1
     last: dict[str, Any] = {}
+    tracing = False
     try:
       with jax.set_mesh(mesh), sharding.axis_rules():
         started = time.perf_counter()
@@ -521,15 +381,17 @@ class _Run:
             break
           if plan.profile and step + 1 == plan.profile[0]:
             jax.profiler.start_trace(str(self.workdir / "tensorboard"))
+            tracing = True
           if batch is None:
             batch = batches.get(step)
           state, metrics = compiled(state, batch, self.dropout_rng)
           batch = None
           step, interval_steps = step + 1, interval_steps + 1
           unread.append((step, metrics))
-          if plan.profile and step == plan.profile[1]:
+          if tracing and step == plan.profile[1]:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
+            tracing = False
             writer.info("Profiled steps %d-%d into %s.", plan.profile[0], plan.profile[1],
                         self.workdir / "tensorboard")
           if multiprocess and ckpt.manager.reached_preemption(step):
@@ -571,6 +433,7 @@ class _Run:
             if score is not None and objective.selection[1] == "max":
               score = -score  # The checkpointer keeps the lowest score.
             ckpt.save(step, state.params, state.opt_state, self.meta(early, [], score), val_loss=score)
+            self.last_saved = step
           interval_start, interval_steps = time.perf_counter(), 0
           if early.stopped:
             break
@@ -579,12 +442,14 @@ class _Run:
           return self._stopped(state, step, start, early, pending, last)
     finally:
       batches.close()
+      if tracing:  # Stopped (a signal, a NaN, early stopping) inside the profiled steps: keep what was traced.
+        jax.profiler.stop_trace()
     return objective.result(last or {"step": step}, early.state)
 
   def _stopped(self, state, step, start, early, pending, last) -> dict[str, Any]:
     """A signal asked the run to stop: save the step just finished (with the unlogged metrics), report."""
     name = self.stop.signal_name
-    if step > start and self.ckpt.latest_step() != step:
+    if step > start and self.last_saved != step:  # That step's save may still be in flight.
       self.ckpt.save(step, state.params, state.opt_state, self.meta(early, list(pending), None))
     self.ckpt.wait()
     saved = self.ckpt.latest_step()
