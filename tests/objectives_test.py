@@ -89,3 +89,43 @@ def test_fine_tuning_on_one_device_equals_eight_devices_with_gradient_accumulati
   import gptjax  # pylint: disable=g-import-not-at-top
   tuned = gptjax.load(tmp_path / "one")  # The workdir loads its best model, head included.
   assert tuned.head is not None and tuned.classify("good great fine it was") in ("neg", "pos")
+
+
+class _SelfDistillation:
+  """The shape of the distillation objective (issue 12) on the loop's interface: KL(teacher || student) with the
+  teacher passed as frozen parameters into the same jitted step."""
+
+  def __init__(self, config):
+    self.model = model_lib.GPT(config)
+
+  def normalizer(self, batch):
+    return {"tokens": jax.numpy.asarray(batch["tokens"][:, :-1].size, jax.numpy.float32)}
+
+  def loss(self, params, batch, rng, *, deterministic, normalizer, frozen):
+    del rng, deterministic
+    inputs = batch["tokens"][:, :-1]
+    student = jax.nn.log_softmax(self.model.apply({"params": params}, inputs))
+    teacher = jax.nn.log_softmax(self.model.apply({"params": frozen}, inputs))
+    kl = (jax.numpy.exp(teacher) * (teacher - student)).sum()
+    return kl / normalizer["tokens"], {}
+
+
+def test_frozen_parameters_reach_the_loss_and_are_never_trained():
+  from gptjax import optim  # pylint: disable=g-import-not-at-top
+  from gptjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = model_lib.ModelConfig(vocab_size=40, block_size=16, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  tx, _ = optim.make_optimizer(lr=1e-2, warmup_steps=0, total_steps=10)
+  init = lambda rng: model_lib.init_params(config, rng)
+  state, _ = step_lib.init_train_state(init, tx, mesh, jax.random.key(0))
+  teacher = jax.device_get(state.params)
+  other = jax.device_get(nn.meta.unbox(init(jax.random.key(1))))
+  tokens = np.random.default_rng(0).integers(0, 40, (8, 17), np.int32)
+  train_step = jax.jit(step_lib.make_train_step(_SelfDistillation(config), tx, mesh, num_microbatches=2))
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    batch = {"tokens": sharding.global_batch(tokens, mesh)}
+    _, same = train_step(state, batch, jax.random.key(2), teacher)
+    new_state, different = train_step(state, batch, jax.random.key(2), other)
+  assert abs(float(same["loss"])) < 1e-6 and float(same["grad_norm"]) < 1e-5  # Student == teacher: KL 0.
+  assert float(different["loss"]) > 1e-3 and float(different["grad_norm"]) > 1e-3
+  assert not np.array_equal(jax.device_get(new_state.params)["wte"]["embedding"], teacher["wte"]["embedding"])

@@ -33,6 +33,7 @@ import pathlib
 import time
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -46,7 +47,7 @@ from gptjax import sharding
 from gptjax.train import guards
 from gptjax.train import objectives as objectives_lib
 from gptjax.train import schema
-from gptjax.train.step import TrainState, init_train_state, make_train_step, state_shardings  # noqa: F401
+from gptjax.train.step import TrainState, init_train_state, make_train_step, put_params, state_shardings  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,8 +337,9 @@ class _Run:
   def _loop(self, state, shardings, start, early, pending, writer) -> dict[str, Any]:
     config, plan, mesh, ckpt, objective = self.config, self.plan, self.mesh, self.ckpt, self.objective
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    frozen, frozen_shardings = self._frozen()
     train_step = jax.jit(make_train_step(objective, self.tx, mesh, plan.num_microbatches),
-                         in_shardings=(shardings, batch_sharding, replicated),
+                         in_shardings=(shardings, batch_sharding, replicated, frozen_shardings),
                          out_shardings=(shardings, replicated), donate_argnums=(0,))
     eval_step = jax.jit(objective.eval_step, in_shardings=(shardings.params, batch_sharding),
                         out_shardings=replicated)
@@ -356,7 +358,7 @@ class _Run:
       with jax.set_mesh(mesh), sharding.axis_rules():
         started = time.perf_counter()
         first_batch = batches.get(start)
-        compiled = train_step.lower(state, first_batch, self.dropout_rng).compile()
+        compiled = train_step.lower(state, first_batch, self.dropout_rng, frozen).compile()
         writer.info("Compiled train_step in %.1f s.", time.perf_counter() - started)
         run_started, unread = time.perf_counter(), []  # unread: (step, device metrics) not yet on the host.
         interval_start, interval_steps, step, batch = time.perf_counter(), 0, start, first_batch
@@ -384,7 +386,7 @@ class _Run:
             tracing = True
           if batch is None:
             batch = batches.get(step)
-          state, metrics = compiled(state, batch, self.dropout_rng)
+          state, metrics = compiled(state, batch, self.dropout_rng, frozen)
           batch = None
           step, interval_steps = step + 1, interval_steps + 1
           unread.append((step, metrics))
@@ -445,6 +447,16 @@ class _Run:
       if tracing:  # Stopped (a signal, a NaN, early stopping) inside the profiled steps: keep what was traced.
         jax.profiler.stop_trace()
     return objective.result(last or {"step": step}, early.state)
+
+  def _frozen(self):
+    """(params, shardings) an objective reads but does not train (`frozen_init` boxed + `frozen_params` host), sharded
+    by their logical axes like the trained ones; (None, None) for objectives without any."""
+    init = getattr(self.objective, "frozen_init", None)
+    if init is None:
+      return None, None
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.tree_shardings(boxed, self.mesh)
+    return put_params(self.objective.frozen_params, nn.meta.unbox(boxed), shardings), shardings
 
   def _stopped(self, state, step, start, early, pending, last) -> dict[str, Any]:
     """A signal asked the run to stop: save the step just finished (with the unlogged metrics), report."""

@@ -15,6 +15,10 @@ evaluation cadence, early stopping, the NaN guard, logging, checkpoints). The in
   eval_batches(...), eval_step(params, batch), summarize(outputs)
                                 the validation pass: device sums/outputs per batch, host metrics `val_*` at the end
   selection                     (metric, 'min' | 'max'): what early stopping and the best checkpoint rank by
+  frozen_init(rng), frozen_params
+                                optional: parameters the loss reads but never trains (distillation's teacher),
+                                boxed for their shardings and as host arrays; the loop places them on the mesh once
+                                and passes them to `loss(..., frozen=...)` inside the same jitted step
   identity() / content_identity()
                                 what a resume must not change (`gptjax.train.guards.check_resume`)
   meta(), on_best(...), result(...), finish(...)

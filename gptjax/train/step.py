@@ -48,7 +48,7 @@ def _interleave(batch, num_microbatches: int):
 
 def make_train_step(objective, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                     num_microbatches: int = 1):
-  """The pure `train_step(state, batch, rng) -> (state, metrics)` of `objective`.
+  """The pure `train_step(state, batch, rng[, frozen]) -> (state, metrics)` of `objective`.
 
   `rng` is the run's dropout key; the step's own key is `fold_in(rng, state.step)` (microbatch i of several gets
   `fold_in` of that with i). `metrics` holds the batch's loss, the global gradient norm (before clipping) and the
@@ -56,14 +56,16 @@ def make_train_step(objective, tx: optax.GradientTransformation, mesh: jax.shard
   """
   batch_sharding = sharding.batch_sharding(mesh)
 
-  def micro_loss(params, microbatch, rng, normalizer):
-    # Each microbatch is spread over every data-parallel device, not left on the few that hold its rows.
-    microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
-    return objective.loss(params, microbatch, rng, deterministic=False, normalizer=normalizer)
+  def train_step(state: TrainState, batch, rng: jax.Array, frozen: Any = None):
+    """One update. `frozen`: parameters the loss reads but never trains (a distillation teacher's), or None."""
 
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    def micro_loss(params, microbatch, rng, normalizer):
+      # Each microbatch is spread over every data-parallel device, not left on the few that hold its rows.
+      microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
+      extra = {} if frozen is None else {"frozen": frozen}
+      return objective.loss(params, microbatch, rng, deterministic=False, normalizer=normalizer, **extra)
 
-  def train_step(state: TrainState, batch, rng: jax.Array):
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     rng = jax.random.fold_in(rng, state.step)
     normalizer = objective.normalizer(batch)  # The whole batch's counts: every microbatch divides by them.
     if num_microbatches == 1:
