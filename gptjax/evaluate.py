@@ -478,7 +478,7 @@ def main(argv: Sequence[str]) -> None:
     options.update(context=f.context, stride=f.stride, join=f.join or default_join(f.data))
   elif f.task == "multiple_choice":
     options.update(separator=f.separator)
-  # Bad input raises ValueError / OSError naming what and where: `gptjax.cli` reports it as one `error:` line.
+  # Bad input raises ValueError / OSError naming what and where: `gptjax.console` reports it as one `error:` line.
   # The data first: a malformed line is reported in seconds, before a large model is loaded.
   records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
                            **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
@@ -535,6 +535,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from gptjax import cli  # pylint: disable=g-import-not-at-top  (the shared error path and console policy)
+  from gptjax import console  # pylint: disable=g-import-not-at-top  (the shared error path and console policy)
   _define_flags()
-  cli.run(main)
+  console.run(main)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from gptjax import cli
+from gptjax import console
 from gptjax import finetune
 
 FLAGS = flags.FLAGS
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  console.run(main)

@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 
 import gptjax
-from gptjax import cli
+from gptjax import console
 
 _MODEL = flags.DEFINE_string("model", None, "Model folder (Hugging Face layout) or hub name.", required=True)
 _START = flags.DEFINE_string("start", "", "Prompt text, or FILE:path to read it from. Empty: unconditional.")
@@ -41,7 +41,7 @@ def read_start(start: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Bad input raises ValueError / OSError naming it: `cli.run` reports it as one `error:` line.
+  # Bad input raises ValueError / OSError naming it: `console.run` reports it as one `error:` line.
   start = read_start(_START.value)
   lm = gptjax.load(_MODEL.value)
   samples = lm.generate([start] if start else None, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  console.run(main)

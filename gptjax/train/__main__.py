@@ -19,7 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from gptjax import cli
+from gptjax import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python get_config()).",
                                           lock_config=True)
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  console.run(main)

@@ -1,5 +1,5 @@
 """The one error path and console policy of every `python -m gptjax.<cli>` (train, sample, evaluate, predict,
-serve): `cli.run(main)` in place of `absl.app.run(main)`.
+serve): `console.run(main)` in place of `absl.app.run(main)`.
 
 * A user's mistake (a bad flag or config value, a missing file, a workdir in use, a resume that does not match)
   is one line on stderr, `error: <message naming the value>`, and exit status 2; `--traceback` shows the full

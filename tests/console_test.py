@@ -1,4 +1,4 @@
-"""One error path for every command line (gptjax/cli.py): a user's mistake is one `error: ...` line and exit 2,
+"""One error path for every command line (gptjax/console.py): a user's mistake is one `error: ...` line and exit 2,
 `--traceback` shows the trace, and library INFO chatter (orbax's, dozens of lines per checkpoint) stays off."""
 
 import json
