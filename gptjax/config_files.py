@@ -25,6 +25,9 @@ import ml_collections
 
 PREFIX = "gptjax:"
 
+# Flags defined through this module belong to the caller (the CLI's --help lists them as its own).
+flags.disclaim_key_flags()
+
 
 def configs_dir() -> pathlib.Path:
   """The folder of gptjax's configs: the installed `gptjax.configs`, else a checkout's top-level `configs/`."""
