@@ -5,32 +5,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
-import sys
 from typing import Union
 
 import ml_collections
 
 
 def load_config(config: Union[ml_collections.ConfigDict, str, os.PathLike]) -> ml_collections.ConfigDict:
-  """A ConfigDict as given, or the `get_config()` of a config file (e.g. `configs/tiny.py`)."""
+  """A ConfigDict as given, or the `get_config()` of a config file (`configs/tiny.py` or `gptjax:tiny`)."""
   if isinstance(config, ml_collections.ConfigDict):
     return config
-  path = pathlib.Path(config).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(f"config {str(config)!r} is neither a ConfigDict nor a config file")
-  # Configs import `from configs import default`: the folder above `configs/` must be importable.
-  root = str(path.absolute().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location(f"_gptjax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config()")
-  return module.get_config()
+  from gptjax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(config)  # A path, or gptjax:<name>, from any working folder.
 
 
 def fit(config: Union[ml_collections.ConfigDict, str, os.PathLike], workdir: Union[str, os.PathLike]):

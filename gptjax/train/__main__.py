@@ -17,12 +17,12 @@ import sys
 
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from gptjax import config_files
 from gptjax import console
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python get_config()).",
-                                          lock_config=True)
+# `configs/<name>.py` from any folder, or `gptjax:<name>` (gptjax/config_files.py); overrides as ml_collections'.
+_CONFIG = config_files.DEFINE_config_file("config", "Training config file (a Python get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, tokenizer. Reused = resumed.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
