@@ -1,17 +1,18 @@
 """GPT-2 small (124,439,808 parameters) trained from scratch on a real web corpus: FineWeb's 10B-token sample.
 
-Run:  pip install datasets  # TFDS reads Hugging Face datasets through it.
-      python -m gptjax.train --config configs/gpt2_small.py --workdir /tmp/gpt2_small
+Run:  pip install 'gptjax[datasets]'  # The hf: source streams through Hugging Face `datasets`.
+      gptjax train --config gptjax:gpt2_small --workdir /tmp/gpt2_small  # = python -m gptjax.train --config ...
 
 The recipe is llm.c's GPT-2 (124M) reproduction: FineWeb `sample-10BT`, batch 512 x 1024 tokens (0.5M), lr 6e-4
 with 700 warmup steps and a cosine to 0, weight decay 0.1, 19,073 steps = one pass over 10B tokens. llm.c reports
 matching GPT-2's HellaSwag accuracy that way in about 90 minutes on 8 x A100 80GB (its discussion #481). Not run here: it needs a multi-GPU or TPU
-machine, and the first run downloads ~30 GB and tokenises 10B tokens (hours, once; cached afterwards).
+machine, and the first run streams ~30 GB and tokenises 10B tokens in one pass on every core (hours, once; the
+token files are cached afterwards).
 
-TFDS's own catalogue has neither OpenWebText nor FineWeb; both come through its Hugging Face namespace. For
-OpenWebText (GPT-2's WebText recreation, nanoGPT's choice) set
-  --config.data.source=tfds:huggingface:skylion007__openwebtext:text
-(it has no validation split either: the held-out tail below applies). The trailing `:text` names the text feature.
+FineWeb has no validation split: its first 0.1% of documents are held out (gptjax/data.py explains why the head).
+For FineWeb-Edu (the same sample size, filtered for educational text) set
+  --config.data.source=hf:HuggingFaceFW/fineweb-edu/sample-10BT
+and for OpenWebText (GPT-2's WebText recreation, nanoGPT's choice) --config.data.source=hf:Skylion007/openwebtext.
 
 Memory: grad_accum_steps=8 makes microbatches of 64 sequences; raise it if a device runs out of memory, lower it
 on big meshes (the microbatch must stay divisible by mesh.data * mesh.fsdp).
@@ -22,9 +23,9 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.data.source = "tfds:huggingface:huggingfacefw__fineweb/sample-10BT:text"
+  config.data.source = "hf:HuggingFaceFW/fineweb/sample-10BT"  # Streamed: owner/name/config (gptjax/data.py).
   config.data.tokenizer = "gpt2"  # GPT-2's BPE (fetched once from the Hugging Face Hub).
-  config.data.val_fraction = 0.001  # FineWeb has no validation split: hold out ~10M tokens.
+  config.data.val_fraction = 0.001  # FineWeb has no validation split: hold out ~10M tokens (its first 0.1%).
 
   with_size(config, "small")
 

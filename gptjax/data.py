@@ -13,6 +13,9 @@ A source string picks the text:
 Validation text is the dataset's `validation` (else `test`) split when it has one; otherwise the tail of the train
 text is held out: the last `val_fraction` of the examples of a TFDS split (there are many, already shuffled by
 TFDS), the last `val_fraction` of the characters of local files (there may be a single file, e.g. Shakespeare).
+A Hugging Face dataset without such a split holds out its HEAD instead: the first `val_fraction` of its documents
+(by the split's recorded size; 1,000 documents when unrecorded), because a stream reaches its tail only after
+reading everything.
 
 Documents are joined with the tokenizer's `eos_id` between them (none for a char tokenizer). Each split is
 tokenised once into `<cache_dir>/<key>/{train,val}.bin`, where the key hashes the source's identity, the
@@ -23,11 +26,13 @@ resumed at step k sees exactly the batches an uninterrupted run sees, and the da
 just the step.
 """
 
+import collections
 import dataclasses
 import glob
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -55,9 +60,9 @@ _BUILTIN_SKIP = {"test", "tests", "site-packages", "dist-packages", "__pycache__
 
 @dataclasses.dataclass(frozen=True)
 class Documents:
-  """A re-iterable sequence of documents (str), with its length for progress bars."""
+  """A re-iterable sequence of documents (str), with its length for progress bars (None: unknown, a stream)."""
   iterate: Callable[[], Iterator[str]]
-  count: int
+  count: int | None
 
   def __iter__(self) -> Iterator[str]:
     return self.iterate()
@@ -161,6 +166,7 @@ def prepare(
     download: bool = True,
     builtin_max_bytes: int = DEFAULT_BUILTIN_MAX_BYTES,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> tuple[tokenizer_lib.Tokenizer, TokenDataset, TokenDataset]:
   """Text source + tokenizer spec -> (tokenizer, train tokens, val tokens), tokenising only on a cache miss.
 
@@ -176,6 +182,7 @@ def prepare(
     download: let TFDS download and prepare a dataset that is not in `tfds_data_dir` yet.
     builtin_max_bytes: cap on the bytes of `builtin:python` source read.
     progress: show tqdm bars while tokenising.
+    num_workers: processes that tokenise; None = every core for `hf:` sources (streams of any size), 1 otherwise.
 
   Returns:
     (tokenizer, train, val).
@@ -190,7 +197,9 @@ def prepare(
   splits = {"train": corpus.train, "val": corpus.val}
   if not _cache_complete(entry, dtype):
     entry.mkdir(parents=True, exist_ok=True)
-    counts = {name: _tokenize_to_file(docs, tokenizer, entry / f"{name}.bin", dtype, name, progress)
+    if num_workers is None:
+      num_workers = min(os.cpu_count() or 1, 16) if source.startswith("hf:") else 1
+    counts = {name: _tokenize_to_file(docs, tokenizer, entry / f"{name}.bin", dtype, name, progress, num_workers)
               for name, docs in splits.items()}
     meta = {"source": source, "tokenizer": tokenizer_spec, "vocab_size": tokenizer.vocab_size,
             "dtype": dtype.name, "num_tokens": counts, "identity": corpus.identity}
@@ -218,9 +227,12 @@ def load_corpus(source: str, *, val_fraction: float = 0.1, tfds_data_dir: str | 
     docs = _python_stdlib(builtin_max_bytes)
   elif kind == "tfds" and arg:
     return _tfds_corpus(arg, val_fraction, tfds_data_dir, download)
+  elif kind == "hf" and arg:
+    from gptjax import hf_datasets  # pylint: disable=g-import-not-at-top  (needs the `datasets` extra)
+    return hf_datasets.corpus(arg, val_fraction)
   else:
-    raise ValueError(f"Unknown data source {source!r}: expected 'builtin:python', 'text:<glob>' or "
-                     f"'tfds:<name>[/<config>][:<feature>]'.")
+    raise ValueError(f"Unknown data source {source!r}: expected 'builtin:python', 'text:<glob>', "
+                     f"'tfds:<name>[/<config>][:<feature>]' or 'hf:<dataset>[/<config>][:<split>]'.")
   num_documents, docs = len(docs), [d for d in docs if d]  # An empty document would give two eos in a row.
   if not docs:
     raise ValueError(f"The source {source!r} has no text: {num_documents} documents, all empty.")
@@ -429,7 +441,7 @@ def _cache_complete(entry: pathlib.Path, dtype: np.dtype) -> bool:
 
 
 def _tokenize_to_file(docs: Documents, tokenizer, path: pathlib.Path, dtype: np.dtype, name: str,
-                      progress: bool) -> int:
+                      progress: bool, num_workers: int = 1) -> int:
   """Encodes `docs` (eos between documents) into `path` via a temp file; returns the token count."""
   eos = tokenizer.eos_id
   count = 0
@@ -437,22 +449,66 @@ def _tokenize_to_file(docs: Documents, tokenizer, path: pathlib.Path, dtype: np.
   try:
     with open(tmp, "wb") as f, tqdm.tqdm(total=docs.count, unit="doc", desc=f"Tokenising {name}",
                                          disable=not progress) as bar:
-      for chunk in _chunks(docs):
+      for chunk_size, encoded in _encode_chunks(docs, tokenizer, num_workers):
         pieces = []
-        for ids in tokenizer.encode_batch(chunk):
+        for ids in encoded:
           if eos is not None and (count or pieces):
             pieces.append([eos])
           pieces.append(ids)
         tokens = np.concatenate([np.asarray(p, dtype) for p in pieces])
         tokens.tofile(f)
         count += tokens.size
-        bar.update(len(chunk))
+        bar.update(chunk_size)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
   return count  # May be 0 (e.g. whitespace-only text for GPT-1): TokenDataset.batch then says so, with numbers.
+
+
+def _encode_chunks(docs: Documents, tokenizer, num_workers: int) -> Iterator[tuple[int, list[list[int]]]]:
+  """(documents in the chunk, their ids) per chunk of `docs`, in order; encoded by worker processes when asked.
+
+  Workers help where Python, not the tokenizer, is the bottleneck (a stream's JSON rows, the char tokenizer); at
+  most two chunks per worker are in flight, so a stream of any length takes bounded memory.
+  """
+  if num_workers <= 1:
+    for chunk in _chunks(docs):
+      yield len(chunk), tokenizer.encode_batch(chunk)
+    return
+  # Spawned, not forked: the parent may hold jax's threads. Each worker loads the tokenizer from its saved files.
+  context = multiprocessing.get_context("spawn")
+  with tempfile.TemporaryDirectory() as saved:
+    tokenizer.save(saved)
+    with context.Pool(num_workers, _worker_init, (saved,)) as pool:
+      yield from _in_order(pool, _chunks(docs), 2 * num_workers)
+
+
+def _in_order(pool, chunks: Iterator[list[str]], max_in_flight: int) -> Iterator[tuple[int, list[list[int]]]]:
+  """Submits chunks as results are taken, so at most `max_in_flight` are queued (Pool.imap reads ahead unbounded)."""
+  in_flight = collections.deque()
+  for chunk in chunks:
+    in_flight.append((len(chunk), pool.apply_async(_worker_encode, (chunk,))))
+    if len(in_flight) >= max_in_flight:
+      size, result = in_flight.popleft()
+      yield size, result.get()
+  while in_flight:
+    size, result = in_flight.popleft()
+    yield size, result.get()
+
+
+_WORKER_TOKENIZER = None
+
+
+def _worker_init(saved: str) -> None:
+  global _WORKER_TOKENIZER  # pylint: disable=global-statement
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"  # One thread per process: the processes are the parallelism.
+  _WORKER_TOKENIZER = tokenizer_lib.load_tokenizer(saved)
+
+
+def _worker_encode(chunk: list[str]) -> list[list[int]]:
+  return _WORKER_TOKENIZER.encode_batch(chunk)
 
 
 def _chunks(docs: Iterable[str], max_docs: int = 1024, max_chars: int = 4_000_000) -> Iterator[list[str]]:

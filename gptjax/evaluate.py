@@ -323,17 +323,15 @@ def main(argv: Sequence[str]) -> None:
     options.update(context=f.context, stride=f.stride, join=f.join or default_join(f.data))
   elif f.task == "multiple_choice":
     options.update(separator=f.separator)
-  try:  # Bad input gets its message (what and where) and exit status 1, without a traceback.
-    # The data first: a malformed line is reported in seconds, before a large model is loaded.
-    records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
-                             **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
-    lm = load(f.model)
-    if f.tokenizer:
-      from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-      lm.tokenizer = load_tokenizer(f.tokenizer)
-    result = {"model": f.model, **run_task(lm, f.task, records, **options), "data": f.data, "split": f.split}
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"gptjax.evaluate: error: {e}")
+  # Bad input raises ValueError / OSError naming what and where: `gptjax.console` reports it as one `error:` line.
+  # The data first: a malformed line is reported in seconds, before a large model is loaded.
+  records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
+                           **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
+  lm = load(f.model)
+  if f.tokenizer:
+    from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+    lm.tokenizer = load_tokenizer(f.tokenizer)
+  result = {"model": f.model, **run_task(lm, f.task, records, **options), "data": f.data, "split": f.split}
   print(format_table(result))
   if f.output:
     print(f"wrote {write_json(result, f.output)}")
@@ -382,6 +380,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from gptjax import console  # pylint: disable=g-import-not-at-top  (the shared error path and console policy)
   _define_flags()
-  app.run(main)
+  console.run(main)

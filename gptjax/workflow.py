@@ -1,36 +1,22 @@
 """The seeds' workflow in Python: `lm = gptjax.fit(config, workdir)`, `lm.predict([...])`, `lm.save(path)`.
 
-`fit` lives here rather than in `gptjax.train`, which is the command line's module: `gptjax.fit` stays a function.
+`fit` lives here rather than in `gptjax.train` (the loop's package, whose `__main__` is the command line).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
-import sys
 from typing import Union
 
 import ml_collections
 
 
 def load_config(config: Union[ml_collections.ConfigDict, str, os.PathLike]) -> ml_collections.ConfigDict:
-  """A ConfigDict as given, or the `get_config()` of a config file (e.g. `configs/tiny.py`)."""
+  """A ConfigDict as given, or the `get_config()` of a config file (`configs/tiny.py` or `gptjax:tiny`)."""
   if isinstance(config, ml_collections.ConfigDict):
     return config
-  path = pathlib.Path(config).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(f"config {str(config)!r} is neither a ConfigDict nor a config file")
-  # Configs import `from configs import default`: the folder above `configs/` must be importable.
-  root = str(path.absolute().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location(f"_gptjax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config()")
-  return module.get_config()
+  from gptjax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(config)  # A path, or gptjax:<name>, from any working folder.
 
 
 def fit(config: Union[ml_collections.ConfigDict, str, os.PathLike], workdir: Union[str, os.PathLike]):
@@ -44,11 +30,6 @@ def fit(config: Union[ml_collections.ConfigDict, str, os.PathLike], workdir: Uni
     The trained model with its tokenizer (`gptjax.load(workdir)`).
   """
   from gptjax import language_model  # pylint: disable=g-import-not-at-top
-  from gptjax import trainer  # pylint: disable=g-import-not-at-top
-  config = load_config(config)
-  if "finetune" in config:
-    from gptjax import finetune  # pylint: disable=g-import-not-at-top
-    finetune.train_and_evaluate(config, workdir)
-  else:
-    trainer.train_and_evaluate(config, workdir)
+  from gptjax.train import loop  # pylint: disable=g-import-not-at-top
+  loop.train_and_evaluate(load_config(config), workdir)  # Pre-training or fine-tuning: the config says which.
   return language_model.load(workdir)

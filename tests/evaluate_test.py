@@ -359,6 +359,6 @@ def test_command_line_prints_a_table_and_writes_json(lm, model_dir, tmp_path):
 def test_command_line_bad_input_exits_with_the_message(model_dir, tmp_path):
   path = _write_jsonl(tmp_path / "mc.jsonl", [CHOICES[0], {"context": "x", "endings": ["a"]}])
   run = _run_cli("--model", str(model_dir), "--task", "multiple_choice", "--data", str(path), cwd=tmp_path)
-  assert run.returncode == 1
-  assert f"gptjax.evaluate: error: {path} line 2: missing field 'label'" in run.stderr
+  assert run.returncode == 2  # A user's mistake (gptjax.console): one line, exit status 2.
+  assert run.stderr.strip().splitlines()[-1].startswith(f"error: {path} line 2: missing field 'label'")
   assert "Traceback" not in run.stderr and not (tmp_path / "eval_results.json").exists()
