@@ -36,6 +36,16 @@ figures: the load changed between runs.
       8 |          8.9 |       7.9 |  1.13 |    4508.9 / 4763.8  |    329.62 / 591.03  |      22.1
   batch 1 reads 498 MB of parameters per token: 82 ms/token is ~6 GB/s, on a CPU whose bandwidth is not known here.
 
+On the engine (slot cache, per-request settings arrays), GPT-2 small shape, prompt 64, 32 new, batch 1 and 8,
+`--repeats=3 --torch_threads=1`, runs interleaved with the pre-engine code on the same shared 2-core CPU (load 4-13:
+noisy; the quietest pair is quoted, ratio = gptjax tok/s / HF tok/s in the same run):
+  batch | engine tok/s (ratio) | before tok/s (ratio) | engine / before per token ms
+      1 |         30.1 (1.83)  |         32.9 (1.76)  |  29.5 / 26.9
+      8 |         75.3 (1.54)  |         84.3 (1.85)  |  80.1 / 74.9
+That pair ran before `prefill_batch` (the engine then prefilled batch-8 rows one by one: 832 vs 606 ms); the two
+later pairs, under heavy load, gave batch-1 ratios 2.13 / 1.31 (engine) vs 0.66 / 1.21 (before) and batch-8 ratios
+1.05 / 0.74 vs 1.01 / 0.84: within the noise of each other, not yet a clean measurement.
+
 At small shapes HF's per-step Python overhead (logits processors, stopping criteria, cache objects) dominates and the
 one-program loop wins by 2-8x; at GPT-2 small on this CPU both are bound by the matmuls, and the loop's per-token
 step is still ~2x faster. No GPU was lent to this task, so the memory-bandwidth fraction is not measured yet.

@@ -58,12 +58,17 @@ class LanguageModel:
 
   _MAX_ENGINES = 4  # Engines kept per model (each may hold a slot cache).
 
-  def engine(self, num_slots: int = 8, max_length: Optional[int] = None) -> engine_lib.Engine:
+  def engine(self, num_slots: int = 8, max_length: Optional[int] = None, *, name: str = "default"
+             ) -> engine_lib.Engine:
     """The inference engine with `num_slots` slots of `max_length` tokens (default: the context), made once and
-    cached on the model (the few most recently used sizes)."""
+    cached on the model (the few most recently used).
+
+    An engine's slots serve one `Scheduler` at a time: `name` keeps users apart (`lm.generate` uses its own, so a
+    server's engine is never disturbed by it).
+    """
     engines = self.__dict__.setdefault("_engines", {})
-    key = (num_slots, self.config.block_size if max_length is None else max_length)
-    engine = engines.pop(key, None) or engine_lib.Engine(self, num_slots=key[0], max_length=key[1])
+    key = (name, num_slots, self.config.block_size if max_length is None else max_length)
+    engine = engines.pop(key, None) or engine_lib.Engine(self, num_slots=key[1], max_length=key[2])
     engines[key] = engine  # Most recently used last.
     while len(engines) > self._MAX_ENGINES:
       engines.pop(next(iter(engines)))

@@ -165,6 +165,8 @@ def test_stream_yields_the_generated_text(text_lm):
     (dict(prompts=["a", [1]]), TypeError, "all strings or all token-id lists"),
     (dict(prompts=[[1]], stop="x"), ValueError, "stop string 'x' needs text prompts"),
     (dict(stop=[""]), ValueError, "a stop string is empty"),
+    (dict(prompts=[[1]], stop=[[1]] * 8), ValueError, "stop: at most 7 token-id stop sequences, got 8"),
+    (dict(prompts=[[1]], stop=[[1] * 17]), ValueError, "a token-id stop sequence may hold at most 16 ids, got 17"),
 ])
 def test_bad_input_is_named(text_lm, kwargs, error, message):
   kwargs = {"prompts": ["hello"], "max_new_tokens": 4, **kwargs}

@@ -194,7 +194,7 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
       return [], []
     if isinstance(items, str) or _is_ids(items) and len(items):
       items = [items]
-    strings, sequences = [], []
+    strings, sequences, encoded = [], [], []  # Id sequences first: the engine keeps those whatever its room.
     for item in items:
       if isinstance(item, str):
         if not item:
@@ -203,7 +203,7 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
           raise ValueError(f"{where}: stop string {item!r} needs text prompts; with token-id prompts give stop "
                            "sequences as token-id lists")
         strings.append(item)
-        sequences.append(tokenizer.encode(item))
+        encoded.append(tokenizer.encode(item))
       elif _is_ids(item) and len(item):
         if len(item) > sampling.MAX_STOP_LENGTH:
           raise ValueError(f"{where}: a token-id stop sequence may hold at most {sampling.MAX_STOP_LENGTH} ids, got "
@@ -212,7 +212,10 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
       else:
         raise ValueError(f"{where}: a stop must be a non-empty string or token-id list, got {item!r} (per-prompt "
                          f"stops need one list or None per prompt: {num_prompts} here)")
-    return sequences, strings
+    if len(sequences) > sampling.MAX_STOP_SEQUENCES - 1:  # <|endoftext|> may take one place.
+      raise ValueError(f"{where}: at most {sampling.MAX_STOP_SEQUENCES - 1} token-id stop sequences, got "
+                       f"{len(sequences)}")
+    return sequences + encoded, strings
 
   if (isinstance(stop, (list, tuple)) and len(stop) == num_prompts and stop
       and all(x is None or isinstance(x, (list, tuple)) and not _is_ids(x) for x in stop)):
