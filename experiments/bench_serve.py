@@ -19,7 +19,57 @@ Servers run one after the other, never at once.
 Measured on the development machine (2 CPU cores shared with ~6 other jobs, load average shown in the output;
 jax 0.10.2 CPU, torch 2.13 CPU, float32). Rough: the load changed during the run.
 
-  (table filled in by the run recorded below)
+  python experiments/bench_serve.py      (defaults: --max_tokens=32 --max_length=128 --torch_threads=1, 2026-12-01)
+
+  bench_serve: 2 CPUs, load average 12.1 at the start (the CPU is shared with other jobs: figures are rough);
+  torch 2.13.0+cpu with 1 threads; 32 greedy tokens per request
+
+  gpt2_small: 124.4M parameters {'n_layer': 12, 'n_head': 12, 'n_embd': 768, 'vocab_size': 50257,
+  'n_positions': 1024}; 16 requests per trace, prompts of 16-32 tokens
+    gptjax: ready (loaded, warmed up) in 248.8s; compiles during the traces: 0
+    gptjax-1: ready (loaded, warmed up) in 151.9s; compiles during the traces: 0
+    system                     rate/s |   TTFT ms p50 / p99 |   TPOT ms p50 / p99 |   E2E s p50 / p99 | out tok/s
+    gptjax 8 slots                0.5 |     1221 /     1908 |    411.9 /    547.5 |   14.21 /   18.09 |       9.3
+    gptjax 8 slots                  2 |     8870 /    15876 |    454.4 /    533.7 |   21.86 /   27.69 |      15.8
+    gptjax 8 slots                inf |     9710 /    17654 |    391.5 /    399.8 |   21.90 /   28.27 |      18.1
+    gptjax 1 slot                 0.5 |     3658 /    12790 |     72.2 /    113.5 |    5.55 /   15.06 |      10.7
+    gptjax 1 slot                   2 |    16537 /    31119 |     68.8 /     75.8 |   18.64 /   33.29 |      12.6
+    gptjax 1 slot                 inf |    25503 /    49140 |     88.1 /    127.2 |   28.54 /   51.28 |       9.9
+    HF generate, 1 at a time      0.5 |    26558 /    48778 |    184.9 /    232.5 |   32.99 /   54.68 |       5.2
+    HF generate, 1 at a time        2 |    44467 /    89984 |    193.6 /    224.8 |   50.24 /   96.45 |       4.9
+    HF generate, 1 at a time      inf |    52551 /   107053 |    217.5 /    240.3 |   59.71 /  113.74 |       4.5
+    gpt2_small at rate inf: gptjax 8 slots / gptjax 1 slot = 1.83x output tokens/s
+    gpt2_small at rate inf: gptjax 8 slots / HF generate, 1 at a time = 4.06x output tokens/s
+
+  small: 1.1M parameters {'n_layer': 4, 'n_head': 4, 'n_embd': 128, 'vocab_size': 2048, 'n_positions': 128};
+  48 requests per trace, prompts of 16-32 tokens
+    gptjax: ready (loaded, warmed up) in 152.7s; compiles during the traces: 0
+    gptjax-1: ready (loaded, warmed up) in 125.7s; compiles during the traces: 0
+    system                     rate/s |   TTFT ms p50 / p99 |   TPOT ms p50 / p99 |   E2E s p50 / p99 | out tok/s
+    gptjax 8 slots                  4 |       20 /      182 |      3.7 /     18.1 |    0.14 /    0.58 |     116.7
+    gptjax 8 slots                 16 |       79 /      183 |      3.5 /     11.8 |    0.18 /    0.49 |     530.6
+    gptjax 8 slots                inf |      657 /     1109 |      1.7 /      4.5 |    0.77 /    1.13 |    1285.0
+    gptjax 1 slot                   4 |       12 /      159 |      2.3 /      4.8 |    0.09 /    0.23 |     117.1
+    gptjax 1 slot                  16 |      973 /     1236 |      2.2 /      4.2 |    1.04 /    1.29 |     386.3
+    gptjax 1 slot                 inf |     1688 /     3600 |      2.1 /      4.2 |    1.76 /    3.67 |     411.3
+    HF generate, 1 at a time        4 |     1334 /     4834 |     10.5 /     27.1 |    1.70 /    5.16 |      84.6
+    HF generate, 1 at a time       16 |    11249 /    15603 |     10.6 /     27.0 |   11.60 /   15.85 |      81.9
+    HF generate, 1 at a time      inf |     5964 /    13542 |      8.9 /     19.3 |    6.15 /   13.98 |     107.7
+    small at rate inf: gptjax 8 slots / gptjax 1 slot = 3.12x output tokens/s
+    small at rate inf: gptjax 8 slots / HF generate, 1 at a time = 11.93x output tokens/s
+
+  load average 10.7 at the end
+
+What it says. Against the peer the goal (>= 4x) holds: 4.1x on the GPT-2 small shape, 11.9x on the small one; the
+peer pays Hugging Face's per-token Python overhead and runs one request at a time, so its TTFT is mostly queueing.
+Against gptjax itself serving one request at a time the goal (>= 4x) is NOT met on this CPU: 1.8x (GPT-2 small) and
+3.1x (small). A decode step over 8 slots costs 4.4x one over 1 slot at GPT-2 small (TPOT 391 vs 88 ms: on two busy
+cores the step is bound by the matmuls, not by reading the weights), and 0.8x-2x at the small shape, where prefill
+and the per-request work of admission (one prefill + insert per request, in arrival order) take a larger share. In
+this process, without HTTP, the engine's `Scheduler` alone gave 845 tok/s with 1 slot and 2,722 with 8 (3.2x) on
+the small shape with a quiet CPU (load 0.9), so the HTTP layer costs little; `--steps_per_call=4` raised those to
+1,443 and 3,422. Expect the ratio to grow where a step is bound by memory bandwidth (a GPU, an idle CPU); no GPU
+was lent to this task. Compiles during the traces: 0 on every server (all warmed up before /health said ok).
 """
 
 from __future__ import annotations
