@@ -36,7 +36,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # `hf:<dataset>` data sources (configs/gpt2_small.py reads FineWeb-Edu through it).
     "datasets": ["datasets>=2.19"],
-    # `lm_eval --model gptjax ...` (gptjax/lm_eval_adapter.py, registered by the entry point below).
+    # `gptjax lm_eval --model gptjax ...` (gptjax/lm_eval_adapter.py; lm-eval has no plugin entry points).
     "eval": ["lm-eval>=0.4.13"],
     # `tensorboard --logdir <workdir>/tensorboard`.
     "tensorboard": ["tensorboard"],
@@ -68,8 +68,5 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={
-        "console_scripts": ["gptjax = gptjax.cli:main"],
-        "lm_eval.models": ["gptjax = gptjax.lm_eval_adapter:GptjaxLM"],
-    },
+    entry_points={"console_scripts": ["gptjax = gptjax.cli:main"]},
 )

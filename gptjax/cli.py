@@ -19,6 +19,8 @@ COMMANDS = {
     "evaluate": ("gptjax.evaluate", "Perplexity, bits per byte, LAMBADA, multiple choice: gptjax evaluate --model DIR"),
     "predict": ("gptjax.predict", "A fine-tuned model's predictions on a data file: gptjax predict --model DIR --data F"),
     "serve": ("gptjax.serve", "OpenAI-compatible HTTP server (and the explorer page): gptjax serve --model DIR"),
+    "lm_eval": ("gptjax.lm_eval_adapter",
+                "lm-evaluation-harness: gptjax lm_eval --model gptjax --model_args pretrained=DIR --tasks T"),
 }
 
 
