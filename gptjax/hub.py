@@ -39,9 +39,15 @@ def training_record(workdir: str | os.PathLike | None) -> tuple[dict | None, dic
 
 
 def model_card(lm, repo_id: str, workdir: str | os.PathLike | None = None) -> str:
-  """README.md for the Hub: front matter, the architecture, how it was trained (when known), how to load it."""
+  """README.md for the Hub: front matter, the architecture, how it was trained (when known), how to load it.
+
+  Args:
+    lm: The `LanguageModel`.
+    repo_id: The repository it is for (the card's title and loading example).
+    workdir: The gptjax run folder it was trained in (default: the one `gptjax.load` read it from, if any).
+  """
   c = lm.config
-  config, metrics = training_record(workdir)
+  config, metrics = training_record(workdir if workdir is not None else getattr(lm, "workdir", None))
   params = sum(int(x.size) for x in _leaves(lm.params))
   tokenizer = getattr(lm.tokenizer, "kind", None)
   lines = ["---", "library_name: gptjax", "tags:", "- gptjax", "- jax", "- flax", "- text-generation",
