@@ -31,6 +31,9 @@ INSTALL_REQUIRES = [
     "huggingface-hub>=0.23.0",
     "tqdm>=4.64.0",
     "tensorboardX>=2.6",  # Writes the events; the `tensorboard` extra is the viewer.
+    # Serving (gptjax/serve): the OpenAI-compatible HTTP server and the explorer page.
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
 ]
 
 EXTRAS_REQUIRE = {
@@ -51,6 +54,11 @@ EXTRAS_REQUIRE["test"] = [
     "torch==2.13.0",
     "transformers>=4.45",
     "matplotlib",  # The notebooks' plots run in tests/notebooks_test.py.
+    # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
+    "openai>=1.40",
+    "httpx",  # FastAPI's TestClient.
+    # Browser tests drive Debian's Chromium (`apt-get install chromium`); never `playwright install`.
+    "playwright>=1.40",
     *EXTRAS_REQUIRE["datasets"],
     *EXTRAS_REQUIRE["eval"],
 ]

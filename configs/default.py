@@ -1,6 +1,8 @@
 """The base config every other config starts from: GPT-2 small's shape and GPT-2's optimiser recipe.
 
-Every field is commented. Variants import this module and override only what changes:
+Every field is commented. This is the one schema of every run (gptjax/train/schema.py checks each field before
+anything runs): pre-training reads `data`; GPT-1 fine-tuning adds a `finetune` section (configs/finetune_sst2.py)
+and reads its examples from there; both use the same `model`, `opt`, `train`, `eval`, `checkpoint` and `mesh`. Variants import this module and override only what changes:
 
     from configs import default
     def get_config():
@@ -72,22 +74,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.opt.eps = 1e-8  # Adam epsilon.
   config.opt.grad_clip_norm = 1.0  # Clip the global gradient norm to this; 0 = no clipping.
 
-  # The loop (gptjax/trainer.py).
+  # The loop (gptjax/train/loop.py). Lengths are in optimiser steps for every kind of run; a fine-tuning config
+  # states the epochs behind its count.
   config.train = ml_collections.ConfigDict()
   config.train.steps = 19_073  # Optimiser updates: 19,073 x 524,288 tokens = 10B tokens (llm.c's GPT-2 run).
   config.train.batch_size = 512  # Sequences per update, over all devices and microbatches (512 x 1024 = 0.5M tokens).
   config.train.grad_accum_steps = 8  # Microbatches per update (same update as the big batch, less memory).
   config.train.seq_len = 0  # Tokens per training window; 0 = model.block_size.
   config.train.log_every = 10  # Steps between console / metrics.jsonl / TensorBoard lines.
-  config.train.eval_every = 250  # Steps between validation losses (and, by default, checkpoints).
+  config.train.eval_every = 250  # Steps between validations (and, by default, checkpoints); 0 = once per epoch.
   config.train.tensorboard = True  # Write TensorBoard events to <workdir>/tensorboard.
   config.train.peak_flops_per_device = 0.0  # Peak FLOP/s for MFU; 0 = look the device up (none for CPUs).
+  # (first, last): a jax.profiler trace of updates first..last (1-based) into <workdir>/tensorboard; () = off.
+  config.train.profile_steps = ()
 
   # Validation.
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 0  # Sequences per validation batch; 0 = the training microbatch.
   config.eval.num_batches = 20  # Validation batches per evaluation (the same windows every time); 0 = whole split.
-  config.eval.early_stop_patience = 0  # Stop after this many evaluations without improvement; 0 = never.
+  # Stop after this many evaluations without improvement (of val_loss; fine-tuning: of finetune.metric); 0 = never.
+  # The count lives in the checkpoint: a resumed run continues it, and a stopped run stays stopped.
+  config.eval.early_stop_patience = 0
   config.eval.early_stop_min_delta = 0.0  # Improvement smaller than this does not count.
   # Zero-shot tasks run on the final checkpoint (gptjax/evaluate.py), written to <workdir>/eval_results.json:
   # 'task' or 'task=data' entries separated by ';', e.g. "perplexity; multiple_choice=hellaswag.jsonl".
@@ -101,11 +108,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1  # Fully-sharded data-parallel ways (parameters and optimiser state split too).
   config.mesh.tensor = 1  # Tensor-parallel ways (heads, MLP width and vocabulary split).
 
-  # Checkpoints (gptjax/checkpoint.py) in <workdir>/checkpoints; a restarted run resumes from the latest.
+  # Checkpoints (gptjax/checkpoint.py) in <workdir>/checkpoints; a restarted run resumes from the latest, and
+  # SIGTERM / Ctrl-C saves the step just finished before exiting.
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # Steps between saves; 0 = train.eval_every. The last step is always saved.
   config.checkpoint.max_to_keep = 3  # Newest checkpoints kept on disk.
   config.checkpoint.keep_best = True  # Also keep the one with the lowest validation loss.
   config.checkpoint.async_save = True  # Write in the background while training continues.
+  # A resume that would change the architecture, tokenizer, data source or corpus is an error naming each field;
+  # True turns it into a warning and goes on with the new settings.
+  config.checkpoint.allow_resume_changes = False
 
   return config

@@ -18,5 +18,6 @@ def get_config():
   config.finetune.choice_fields = ("choice1", "choice2")
   config.finetune.labels = ()  # The label is the right answer's index.
   config.train.batch_size = 8  # COPA has 400 training examples.
-  config.train.epochs = 10
+  config.train.steps = 500  # 10 epochs of COPA's 400 training examples at batch 8: 50 steps per epoch.
+  config.opt.warmup_steps = 1  # 0.2% of the steps, at least one.
   return config

@@ -16,4 +16,6 @@ def get_config():
   config.finetune.labels = ()
   config.finetune.regression = True  # The similarity score itself, squared error.
   config.finetune.metric = "pearson"
+  config.train.steps = 537  # 3 epochs of STS-B's 5,749 training examples at batch 32: 179 steps per epoch.
+  config.opt.warmup_steps = 1  # 0.2% of the steps, at least one.
   return config

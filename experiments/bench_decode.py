@@ -5,8 +5,9 @@
 
 For each batch size, both sides decode greedily (so they do the same work) from random prompts without padding:
   - tokens/s = batch * new_tokens / (wall time of one `generate` call, host overhead included);
-  - prefill = one forward pass over the prompts that fills the cache (gptjax: `model_tokens_to_logits`, HF: the
-    model called with `use_cache=True`);
+  - prefill = one forward pass over the prompts that fills the cache (gptjax: `Engine.prefill_batch`, as
+    `lm.generate` runs it before inserting each row into a slot of the engine; HF: the model called with
+    `use_cache=True`);
   - per token = (t(new_tokens) - t(1)) / (new_tokens - 1), both sides' `generate` timed at the two lengths, i.e. the
     cost of one more step of the loop (feeding one token per row and choosing the next);
   - ratio = gptjax tokens/s / HF tokens/s.
@@ -104,15 +105,13 @@ def _bandwidth_gbps(device) -> float | None:
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
   import gptjax  # pylint: disable=g-import-not-at-top
   from gptjax import model as M  # pylint: disable=g-import-not-at-top
-  from gptjax import generation  # pylint: disable=g-import-not-at-top
-  from gptjax import sampling  # pylint: disable=g-import-not-at-top
+  from gptjax.inference import engine as engine_lib  # pylint: disable=g-import-not-at-top
 
   prompt_len, new_tokens, repeats = _PROMPT_LEN.value, _NEW_TOKENS.value, _REPEATS.value
   if new_tokens < 2:
@@ -140,18 +139,18 @@ def main(argv):
   header = (f"{'batch':>5} | {'gptjax tok/s':>12} | {'HF tok/s':>9} | {'ratio':>5} | {'prefill ms':>19} | "
             f"{'per token ms':>19} | {'compile s':>9}")
   print(header + "\n" + " " * 39 + "gptjax /  HF         gptjax /  HF\n" + "-" * len(header))
-  tokens_to_logits = sampling.model_tokens_to_logits(config)
-  prefill = jax.jit(lambda params, cache, tokens, mask: tokens_to_logits(params, tokens, mask, cache)[0])
   batch1_step = None
+  settings = engine_lib.SamplingSettings(temperature=0, max_tokens=new_tokens)
   for batch in map(int, _BATCH_SIZES.value):
     ids = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, prompt_len))
     prompts = ids.tolist()
-    cache = M.init_cache(config, batch, generation.bucket_lengths(prompt_len, new_tokens, config.block_size)[1])
-    tokens, mask = jnp.asarray(ids, jnp.int32), jnp.ones(ids.shape, bool)
+    # The engine `lm.generate` sizes for this request, and its prefill of the batch's prompts in one call.
+    engine = engine_lib.engine_for(lm, batch, prompt_len, new_tokens)
     fns = {
         "ours_total": lambda: lm.generate(prompts, new_tokens, temperature=0, stop_at_eos=False),
         "ours_one": lambda: lm.generate(prompts, 1, temperature=0, stop_at_eos=False),
-        "ours_prefill": lambda: prefill(lm.params, cache, tokens, mask).block_until_ready(),
+        "ours_prefill": lambda: jax.block_until_ready(
+            [p.logits_V for p in engine.prefill_batch(prompts, [settings] * batch)]),
     }
     if not _SKIP_HF.value:
       input_ids = torch.as_tensor(ids, device=torch_device)

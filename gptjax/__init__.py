@@ -1,6 +1,7 @@
 """gptjax: GPT-1 and GPT-2 in JAX/Flax.
 
-The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.fit`, `gptjax.LanguageModel`, `gptjax.ModelConfig`.
+The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.fit`, `gptjax.deploy`, `gptjax.LanguageModel`,
+`gptjax.ModelConfig`.
 Nothing heavy happens at import: the submodules (and jax) load on first use.
 """
 
@@ -14,6 +15,8 @@ _EXPORTS = {
     "ModelConfig": "gptjax.model",
     "load_tokenizer": "gptjax.tokenizer",
     "fit": "gptjax.workflow",
+    "deploy": "gptjax.serve.deploy",
+    "Deployment": "gptjax.serve.deploy",
 }
 
 

@@ -140,6 +140,27 @@ class Checkpointer:
     opt_state = restored["opt_state"] if abstract_opt_state is not None else None
     return restored["params"], opt_state, dict(restored["meta"])
 
+  def restore_item(self, step: int, item: str, abstract: Any = None) -> Any:
+    """Restores one item of `step` ('params', 'opt_state' into `abstract`; 'meta' as a dict).
+
+    Raises:
+      UnreadableCheckpointError: the step looks complete but the item cannot be read (a corrupted file, a
+        truncated copy, a target that does not match); the message names the step and the item.
+    """
+    args = {item: ocp.args.JsonRestore() if item == "meta" else ocp.args.StandardRestore(abstract)}
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**args))[item]
+    except Exception as e:  # orbax and tensorstore raise many types for one cause: this item cannot be read.
+      raise UnreadableCheckpointError(step, item, self.directory, e) from e
+    return dict(restored) if item == "meta" else restored
+
+  def set_aside(self, step: int, why: str) -> pathlib.Path:
+    """Moves step `step` out of orbax's view to `<step>.<why>-<n>` (kept for inspection, never restored)."""
+    target = _free_name(self.directory, f"{step}.{why}")
+    (self.directory / str(step)).rename(target)
+    self.manager.reload()
+    return target
+
   def wait(self) -> None:
     """Blocks until every save started so far is on disk; raises if one failed."""
     self.manager.wait_until_finished()
@@ -149,6 +170,16 @@ class Checkpointer:
     """Waits for pending saves, then releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class UnreadableCheckpointError(ValueError):
+  """A step whose folder is complete but one of whose items cannot be read."""
+
+  def __init__(self, step: int, item: str, directory: pathlib.Path, cause: BaseException):
+    self.step, self.item = step, item
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    super().__init__(f"Checkpoint step {step} in {directory}: item '{item}' cannot be read "
+                     f"({type(cause).__name__}: {first_line[:300]})")
 
 
 def missing_parts(step_dir: pathlib.Path) -> list[str]:
@@ -196,9 +227,18 @@ def _free_name(directory: pathlib.Path, stem: str) -> pathlib.Path:
 
 
 def is_workdir(path: Union[str, os.PathLike]) -> bool:
-  """True for a folder written by `gptjax.train`: a `config.json` beside a `checkpoints/` folder."""
+  """True for a language-model run folder of `gptjax.train`: a `config.json` beside a `checkpoints/` folder.
+
+  A fine-tuning run folder is not one: its checkpoints hold the task head too, and its model is `<path>/best`
+  (a Hugging Face folder with the head), which `gptjax.load` and `init_from` read instead.
+  """
   path = pathlib.Path(path)
-  return (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()
+  if not ((path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()):
+    return False
+  try:
+    return "finetune" not in json.loads((path / CONFIG_FILE).read_text())
+  except ValueError:
+    return True
 
 
 def read_run_config(workdir: Union[str, os.PathLike]) -> dict:
@@ -260,6 +300,8 @@ def initial_weights(init_from: str, requested: model_lib.ModelConfig):
   if init_from in ("", "scratch"):
     return requested, None, "scratch"
   path = pathlib.Path(init_from).expanduser()
+  if (path / "best" / "finetune.json").is_file() and not is_workdir(path):
+    path = path / "best"  # A fine-tuning run folder: its best model.
   if path.is_dir() and is_workdir(path):
     loaded, params, step = load_workdir(path)
     params = jax.device_get(params)

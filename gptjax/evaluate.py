@@ -23,194 +23,39 @@ whitespace-separated words:
   token_perplexity = exp(-logprob / N); bits_per_byte = -logprob / ln(2) / B; word_perplexity = exp(-logprob / W).
 Bits per byte and word perplexity do not depend on the tokenizer, so models with different tokenizers compare.
 
-Requests are sorted by length and batched; a batch is padded on the right to a power-of-two length (at least 16, at
-most the model's block_size) with an attention mask, and every batch of a call has the same power-of-two number of
-rows, so a whole evaluation compiles a handful of shapes rather than one per text.
+Requests are sorted by length and batched; the inference engine (`Engine.score`) pads a batch on the right to its
+bucketed length with an attention mask, and every batch of a call has the same number of rows, so a whole
+evaluation compiles a handful of shapes rather than one per text (`gptjax/inference/scoring.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional, Union
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gptjax.eval_data import TASKS, TRAINING_SPLITS, Records, check_choice_example, load_task_data
-from gptjax.model import GPT, ModelConfig
+from gptjax.inference.scoring import ScoreRequest as _Request
+from gptjax.inference.scoring import TextScore, score_texts, sliding_windows  # noqa: F401  (part of this API)
+from gptjax.inference.scoring import progress_bar as _progress
+from gptjax.inference.scoring import check_context as _check_context
+from gptjax.inference.scoring import run_requests as _run_requests
+from gptjax.inference.scoring import score_prefix as _prefix
+from gptjax.inference.scoring import text_tokenizer as _tokenizer
 
 JOINS = ("concat", "documents")
 DEFAULT_BATCH_SIZE = 8
-_MIN_BUCKET = 16  # Shortest padded length: below this, more shapes would cost more compiles than they save.
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Scoring: requests -> batched, jitted log-probabilities.
-
-
-@dataclasses.dataclass(frozen=True)
-class TextScore:
-  """What `score_texts` returns per text.
-
-  Attributes:
-    logprob: Summed natural-log probability of the scored tokens.
-    num_tokens: Tokens scored (every token with `<|endoftext|>` in front; all but the first without).
-    num_bytes: UTF-8 bytes of the text.
-  """
-  logprob: float
-  num_tokens: int
-  num_bytes: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Request:
-  """One row for the model: `inputs` [n] predict `targets` [n]; targets before `first_scored` are context."""
-  inputs: np.ndarray
-  targets: np.ndarray
-  first_scored: int
-
-
-@functools.lru_cache(maxsize=8)
-def _scorer(config: ModelConfig) -> Callable:
-  model = GPT(config)
-
-  def score(params, inputs_BL, targets_BL, valid_BL, scored_BL):
-    logits_BLV = model.apply({"params": params}, inputs_BL, attention_mask_BL=valid_BL).astype(jnp.float32)
-    target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-    max_logit_BL = logits_BLV.max(axis=-1)
-    logprob_BL = target_logit_BL - max_logit_BL - jnp.log(jnp.exp(logits_BLV - max_logit_BL[..., None]).sum(-1))
-    # Greedy decoding would pick the target: its logit is the largest (an argmax over V is ~2x slower on CPU).
-    greedy_BL = target_logit_BL >= max_logit_BL
-    # `where`, not a product: a padding row's logits may be NaN, and 0 * NaN is NaN.
-    return (jnp.where(scored_BL, logprob_BL, 0.0).sum(-1), jnp.all(greedy_BL | ~scored_BL, axis=-1))
-
-  return jax.jit(score)
-
-
-def _bucket(n: int, cap: int, floor: int = 1) -> int:
-  return min(cap, max(floor, 1 << max(0, n - 1).bit_length()))
-
-
-def _run_requests(lm, requests: Sequence[_Request], batch_size: int, progress: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Scores requests in length-sorted batches. Returns (logprob [R] float64, greedy_match [R] bool)."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  block_size = lm.config.block_size
-  logprob, greedy = np.zeros(len(requests)), np.zeros(len(requests), bool)
-  order = sorted(range(len(requests)), key=lambda i: -len(requests[i].inputs))
-  score = _scorer(lm.config)
-  batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-  # One row count per call (the last batch is padded to it): at most one batch of wasted work, and a compiled
-  # shape per length bucket rather than per (rows, length) pair.
-  rows = _bucket(min(len(requests), batch_size), batch_size)
-  for batch in _progress(batches, progress, "batches"):
-    length = _bucket(len(requests[batch[0]].inputs), block_size, _MIN_BUCKET)
-    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
-    valid, scored = np.zeros((rows, length), bool), np.zeros((rows, length), bool)
-    for row, index in enumerate(batch):
-      request = requests[index]
-      n = len(request.inputs)
-      inputs[row, :n], targets[row, :n], valid[row, :n] = request.inputs, request.targets, True
-      scored[row, request.first_scored:n] = True
-    lm.check_token_ids(inputs)
-    lm.check_token_ids(targets)
-    batch_logprob, batch_greedy = jax.device_get(score(lm.params, inputs, targets, valid, scored))
-    logprob[batch], greedy[batch] = batch_logprob[:len(batch)], batch_greedy[:len(batch)]
-  return logprob, greedy
-
-
-def _progress(items, enabled: bool, unit: str):
-  if not enabled:
-    return items
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(items, unit=unit, file=sys.stderr)
-
-
-def sliding_windows(num_targets: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-  """The windows over `num_targets` (input -> target) pairs, as `(begin, end, first_scored)`.
-
-  A window feeds inputs [begin, end) and scores targets [first_scored, end): all of them in the first window, and
-  in later ones only those no earlier window scored (see the module docstring).
-  """
-  if not 1 <= stride <= context:
-    raise ValueError(f"stride must be in [1, context={context}], got {stride}")
-  windows, scored_end = [], 0
-  for begin in range(0, num_targets, stride):
-    end = min(begin + context, num_targets)
-    windows.append((begin, end, scored_end))
-    scored_end = end
-    if end == num_targets:
-      break
-  return windows
-
-
-def _check_context(lm, context: Optional[int], stride: Optional[int]) -> tuple[int, int]:
-  block_size = lm.config.block_size
-  context = block_size if context is None else int(context)
-  if not 1 <= context <= block_size:
-    raise ValueError(f"context must be in [1, {block_size}] (the model's block_size), got {context}")
-  stride = max(1, context // 2) if stride is None else int(stride)
-  if not 1 <= stride <= context:
-    raise ValueError(f"stride must be in [1, context={context}], got {stride}")
-  return context, stride
-
-
-def _tokenizer(lm):
-  if lm.tokenizer is None:
-    raise ValueError("This model has no tokenizer: evaluation needs one to turn text into tokens. Load a folder "
-                     "with tokenizer files, or set `lm.tokenizer = gptjax.load_tokenizer(...)` "
-                     "(`--tokenizer` on the command line).")
-  return lm.tokenizer
-
-
-def _prefix(lm) -> list[int]:
-  """`[<|endoftext|>]` for GPT-2-style tokenizers; [] for GPT-1 (no such token: the first token is not scored)."""
-  eos_id = getattr(_tokenizer(lm), "eos_id", None)
-  return [] if eos_id is None else [eos_id]
-
-
-def score_texts(lm, texts: Sequence[str], *, context: Optional[int] = None, stride: Optional[int] = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> list[TextScore]:
-  """Log-probability of each text, scored alone (see the module docstring for the first token and windows).
-
-  Args:
-    lm: A `gptjax.LanguageModel` with a tokenizer.
-    texts: Strings; each is scored independently of the others.
-    context: Window length in tokens (default: the model's block_size).
-    stride: Step between windows for texts longer than `context` (default: context // 2).
-    batch_size: Rows per forward pass.
-    progress: Show a progress bar on stderr.
-
-  Returns:
-    One `TextScore` per text.
-  """
-  if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-    raise TypeError("texts must be a list of str")
-  context, stride = _check_context(lm, context, stride)
-  prefix = _prefix(lm)
-  requests, owner = [], []
-  num_tokens = []
-  for i, ids in enumerate(_tokenizer(lm).encode_batch(list(texts))):
-    stream = np.asarray(prefix + list(ids), np.int64)
-    num_targets = max(0, len(stream) - 1)
-    num_tokens.append(num_targets)
-    for begin, end, first_scored in sliding_windows(num_targets, context, stride):
-      requests.append(_Request(stream[begin:end], stream[begin + 1:end + 1], first_scored - begin))
-      owner.append(i)
-  logprob, _ = _run_requests(lm, requests, batch_size, progress)
-  totals = np.zeros(len(texts))
-  np.add.at(totals, np.asarray(owner, np.int64), logprob)
-  return [TextScore(float(totals[i]), num_tokens[i], len(text.encode("utf-8"))) for i, text in enumerate(texts)]
 
 
 def _continuation_requests(lm, pairs: Sequence[tuple[str, str]], where: Sequence[str]
@@ -478,17 +323,15 @@ def main(argv: Sequence[str]) -> None:
     options.update(context=f.context, stride=f.stride, join=f.join or default_join(f.data))
   elif f.task == "multiple_choice":
     options.update(separator=f.separator)
-  try:  # Bad input gets its message (what and where) and exit status 1, without a traceback.
-    # The data first: a malformed line is reported in seconds, before a large model is loaded.
-    records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
-                             **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
-    lm = load(f.model)
-    if f.tokenizer:
-      from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-      lm.tokenizer = load_tokenizer(f.tokenizer)
-    result = {"model": f.model, **run_task(lm, f.task, records, **options), "data": f.data, "split": f.split}
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"gptjax.evaluate: error: {e}")
+  # Bad input raises ValueError / OSError naming what and where: `gptjax.console` reports it as one `error:` line.
+  # The data first: a malformed line is reported in seconds, before a large model is loaded.
+  records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
+                           **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
+  lm = load(f.model)
+  if f.tokenizer:
+    from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+    lm.tokenizer = load_tokenizer(f.tokenizer)
+  result = {"model": f.model, **run_task(lm, f.task, records, **options), "data": f.data, "split": f.split}
   print(format_table(result))
   if f.output:
     print(f"wrote {write_json(result, f.output)}")
@@ -537,6 +380,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from gptjax import console  # pylint: disable=g-import-not-at-top  (the shared error path and console policy)
   _define_flags()
-  app.run(main)
+  console.run(main)

@@ -1,4 +1,4 @@
-"""GPT-1 fine-tuning: a linear head on the extract token, task loss + lambda * LM loss, metrics, the loop.
+"""GPT-1 fine-tuning: a linear head on the extract token, task loss + lambda * LM loss, metrics, inference.
 
 Radford et al. (2018): one pre-trained decoder; `gptjax.tasks` turns structured inputs into token sequences framed
 by `<|start|>`, `<|delimiter|>` and `<|extract|>`, which are added to the tokenizer while the embedding grows to
@@ -18,8 +18,11 @@ truncated), and the new embedding rows learn only as inputs, through the task lo
 targeted the delimiter and extract tokens; this is the one deliberate difference.)
 
 A fine-tuned model is saved as a Hugging Face folder (the grown embedding, the tokenizer with its task tokens) plus
-`finetune.json` (the task) and `head.safetensors`; `gptjax.load` restores the head, which `LanguageModel.classify`
-/ `.choose` and `python -m gptjax.predict` use.
+`finetune.json` (the task) and `head.safetensors`; `gptjax.load` restores the head (`gptjax/heads.py`), which
+`LanguageModel.classify` / `.choose` and `python -m gptjax.predict` use.
+
+Training is the one loop's (`gptjax.train`): `gptjax.train.objectives.Finetuning` turns this module's `loss_sums`
+into the loop's objective, so fine-tuning shards over the mesh and accumulates gradients like pre-training.
 """
 
 from __future__ import annotations
@@ -32,22 +35,19 @@ import pathlib
 import shutil
 import uuid
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from absl import logging
 
-from gptjax import optim
 from gptjax.model import GPT, ModelConfig
-from gptjax.tasks import (TASK_TOKENS, TaskData, TaskSpec, add_task_tokens, encode_records, read_records,
-                          resolve_spec)
+from gptjax.tasks import TASK_TOKENS, TaskData, TaskSpec, encode_records, read_records  # noqa: F401  (read_records:
+# gptjax.predict reads its data through this module)
 
 # Metrics a run can select its best checkpoint by; all are "higher is better".
 CLASS_METRICS, REGRESSION_METRICS = ("accuracy", "f1", "mcc"), ("pearson", "spearman")
-SPEC_FILE, HEAD_FILE = "finetune.json", "head.safetensors"
 
 
 def grow_embedding(config: ModelConfig, params: dict, vocab_size: int, rng: jax.Array
@@ -79,10 +79,42 @@ def grow_embedding(config: ModelConfig, params: dict, vocab_size: int, rng: jax.
 # The model: GPT + a linear head on the extract token's hidden state; the loss.
 
 
-def init_head(spec: TaskSpec, config: ModelConfig, rng: jax.Array) -> dict:
-  """The linear head: kernel N(0, init_std) [D, outputs], bias 0 [outputs]."""
-  kernel = config.init_std * jax.random.normal(rng, (config.emb_dim, spec.num_outputs), jnp.float32)
-  return {"kernel": kernel, "bias": jnp.zeros((spec.num_outputs,), jnp.float32)}
+class ClassifierHead(nn.Module):
+  """GPT-1's linear head on the extract token's final hidden state, with logical axis names.
+
+  The kernel is ('embed', 'classes'): its rows follow the model width's sharding ('embed' over fsdp) and its few
+  columns stay whole, so the head shards over the mesh with the transformer and its gradients accumulate like any
+  other parameter's. Parameters: kernel N(0, init_std) [D, outputs], bias 0 [outputs] (the `head.safetensors` names).
+
+  Attributes:
+    num_outputs: `TaskSpec.num_outputs`.
+    init_std: the transformer's `init_std` (GPT-1: 0.02).
+    clf_dropout: dropout on the head's input (GPT-1: 0.1).
+  """
+  num_outputs: int
+  init_std: float = 0.02
+  clf_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, h_XD: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """[X, D] float32 extract states -> [X, outputs] (float32)."""
+    h_XD = nn.Dropout(self.clf_dropout)(h_XD, deterministic=deterministic or self.clf_dropout == 0)
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                                               ("embed", "classes")),
+                        (h_XD.shape[-1], self.num_outputs), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
+                      (self.num_outputs,), jnp.float32)
+    return h_XD @ kernel + bias
+
+
+def init_head(spec: TaskSpec, config: ModelConfig, rng: jax.Array, *, boxed: bool = False) -> dict:
+  """The head's parameters: kernel N(0, init_std) [D, outputs], bias 0 [outputs].
+
+  `boxed=True` keeps the `nn.LogicallyPartitioned` boxes (for the sharded train state's `eval_shape`).
+  """
+  head = ClassifierHead(spec.num_outputs, config.init_std)
+  params = head.init(rng, jnp.zeros((1, config.emb_dim), jnp.float32))["params"]
+  return dict(params) if boxed else dict(nn.meta.unbox(params))
 
 
 def task_forward(config: ModelConfig, kind: str, params: dict, tokens_BNL, lengths_BN, *,
@@ -107,33 +139,35 @@ def task_forward(config: ModelConfig, kind: str, params: dict, tokens_BNL, lengt
   mask_XL = jnp.arange(L)[None, :] < lengths_BN.reshape(B * N)[:, None]
   rngs = {}
   if not deterministic:
-    gpt_rng, rng = jax.random.split(rng)
+    gpt_rng, head_rng = jax.random.split(rng)
     rngs = {"dropout": gpt_rng}
   logits_XLV, hidden_XLD = GPT(config).apply({"params": params["transformer"]}, tokens_XL,
                                              attention_mask_BL=mask_XL, deterministic=deterministic,
                                              return_hidden=True, rngs=rngs)
   extract_X = lengths_BN.reshape(B * N) - 1
   h_XD = jnp.take_along_axis(hidden_XLD, extract_X[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-  if not deterministic and clf_dropout > 0:
-    keep = jax.random.bernoulli(rng, 1.0 - clf_dropout, h_XD.shape)
-    h_XD = jnp.where(keep, h_XD / (1.0 - clf_dropout), 0.0)
   h_BND = h_XD.reshape(B, N, -1)
   head = params["head"]
+  num_outputs = head["bias"].shape[0]
+  module = ClassifierHead(num_outputs, config.init_std, clf_dropout)
+  head_rngs = {} if deterministic else {"dropout": head_rng}
   if kind == "choice":
-    outputs = (h_BND @ head["kernel"])[..., 0] + head["bias"][0]
+    # One score per answer: the head (one output) on each of the N states.
+    outputs = module.apply({"params": head}, h_XD, deterministic=deterministic, rngs=head_rngs)[:, 0].reshape(B, N)
   else:
-    outputs = h_BND.sum(axis=1) @ head["kernel"] + head["bias"]
+    # Similarity sums the states of both orders before the head (GPT-1); other tasks have N = 1.
+    outputs = module.apply({"params": head}, h_BND.sum(axis=1), deterministic=deterministic, rngs=head_rngs)
   return outputs, logits_XLV, mask_XL
 
 
-def lm_loss(logits_XLV, tokens_XL, mask_XL, task_ids, example_weight_X=None):
-  """Mean next-token cross-entropy over text targets, with the task tokens' logits left out of the softmax.
+def lm_loss_sum(logits_XLV, tokens_XL, mask_XL, task_ids, example_weight_X=None):
+  """Summed next-token cross-entropy over text targets, with the task tokens' logits left out of the softmax.
 
   Targets are positions t+1 whose token is real text: not padding and not one of `task_ids` (so `<|delimiter|>`
   and `<|extract|>` are never targets, nor is anything after the extract token).
 
   Returns:
-    (mean loss, number of target tokens).
+    (sum of the targets' losses, number of target tokens), float32 scalars.
   """
   V = logits_XLV.shape[-1]
   task_ids = jnp.asarray(task_ids)
@@ -146,24 +180,58 @@ def lm_loss(logits_XLV, tokens_XL, mask_XL, task_ids, example_weight_X=None):
     weight = weight * example_weight_X[:, None]
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  count = weight.sum()
-  return (nll * weight).sum() / jnp.maximum(count, 1.0), count
+  return (nll * weight).sum(), weight.sum()
 
 
-def task_loss(kind: str, outputs, labels, weight_B=None):
-  """Mean over examples: cross-entropy over classes/answers, or squared error for regression."""
+def lm_loss(logits_XLV, tokens_XL, mask_XL, task_ids, example_weight_X=None):
+  """`lm_loss_sum` as a mean: (mean loss over the text targets, number of target tokens)."""
+  total, count = lm_loss_sum(logits_XLV, tokens_XL, mask_XL, task_ids, example_weight_X)
+  return total / jnp.maximum(count, 1.0), count
+
+
+def task_loss_sum(kind: str, outputs, labels, weight_B=None):
+  """Summed over examples: cross-entropy over classes/answers, or squared error for regression; and the count."""
   weight_B = jnp.ones(outputs.shape[0]) if weight_B is None else weight_B
   if kind == "regression":
     per_example = (outputs[:, 0] - labels) ** 2
   else:
     logp = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
     per_example = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  return (per_example * weight_B).sum() / jnp.maximum(weight_B.sum(), 1.0)
+  return (per_example * weight_B).sum(), weight_B.sum()
+
+
+def task_loss(kind: str, outputs, labels, weight_B=None):
+  """Mean over examples of `task_loss_sum`'s per-example losses."""
+  total, count = task_loss_sum(kind, outputs, labels, weight_B)
+  return total / jnp.maximum(count, 1.0)
+
+
+def loss_sums(config: ModelConfig, kind: str, task_ids, params, batch, *, clf_dropout: float = 0.0,
+              deterministic: bool = True, rng=None) -> dict[str, jax.Array]:
+  """The two terms of the objective as sums, with their counts, and the head outputs.
+
+  Sums (not means) let a batch split into microbatches give the whole batch's loss exactly: the training loop
+  divides each sum by the whole batch's count (`gptjax.train.objectives.Finetuning`).
+
+  Args:
+    batch: {'tokens': [B, N, L], 'lengths': [B, N], 'labels': [B], optional 'weight': [B] (0 for padding rows)}.
+
+  Returns:
+    {'task_sum', 'examples', 'lm_sum', 'lm_tokens', 'outputs'}.
+  """
+  outputs, logits_XLV, mask_XL = task_forward(config, kind, params, batch["tokens"], batch["lengths"],
+                                              clf_dropout=clf_dropout, deterministic=deterministic, rng=rng)
+  weight_B = batch.get("weight")
+  B, N, L = batch["tokens"].shape
+  weight_X = None if weight_B is None else jnp.repeat(weight_B, N)
+  task_sum, examples = task_loss_sum(kind, outputs, batch["labels"], weight_B)
+  lm_sum, lm_tokens = lm_loss_sum(logits_XLV, batch["tokens"].reshape(B * N, L), mask_XL, task_ids, weight_X)
+  return {"task_sum": task_sum, "examples": examples, "lm_sum": lm_sum, "lm_tokens": lm_tokens, "outputs": outputs}
 
 
 def losses(config: ModelConfig, kind: str, task_ids, params, batch, *, lm_coef: float, clf_dropout: float = 0.0,
            deterministic: bool = True, rng=None):
-  """The fine-tuning objective: task loss + lm_coef * LM loss (GPT-1 eq. 5).
+  """The fine-tuning objective: task loss + lm_coef * LM loss (GPT-1 eq. 5), each a mean over its own count.
 
   Args:
     batch: {'tokens': [B, N, L], 'lengths': [B, N], 'labels': [B], optional 'weight': [B] (0 for padding rows)}.
@@ -171,14 +239,11 @@ def losses(config: ModelConfig, kind: str, task_ids, params, batch, *, lm_coef: 
   Returns:
     (total, aux) with aux = {'task_loss', 'lm_loss', 'outputs'}.
   """
-  outputs, logits_XLV, mask_XL = task_forward(config, kind, params, batch["tokens"], batch["lengths"],
-                                              clf_dropout=clf_dropout, deterministic=deterministic, rng=rng)
-  weight_B = batch.get("weight")
-  B, N, L = batch["tokens"].shape
-  weight_X = None if weight_B is None else jnp.repeat(weight_B, N)
-  task = task_loss(kind, outputs, batch["labels"], weight_B)
-  lm, _ = lm_loss(logits_XLV, batch["tokens"].reshape(B * N, L), mask_XL, task_ids, weight_X)
-  return task + lm_coef * lm, {"task_loss": task, "lm_loss": lm, "outputs": outputs}
+  sums = loss_sums(config, kind, task_ids, params, batch, clf_dropout=clf_dropout, deterministic=deterministic,
+                   rng=rng)
+  task = sums["task_sum"] / jnp.maximum(sums["examples"], 1.0)
+  lm = sums["lm_sum"] / jnp.maximum(sums["lm_tokens"], 1.0)
+  return task + lm_coef * lm, {"task_loss": task, "lm_loss": lm, "outputs": sums["outputs"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,82 +284,8 @@ def compute_metrics(kind: str, predictions: np.ndarray, labels: np.ndarray) -> d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A fine-tuned head, saved beside the model; inference.
-
-
-@dataclasses.dataclass
-class TaskHead:
-  """The task and its head parameters, attached to a `LanguageModel` as `.head`."""
-  spec: TaskSpec
-  params: dict
-
-  def save(self, directory: os.PathLike, extra: Optional[dict] = None) -> None:
-    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.asarray(v, np.float32) for k, v in self.params.items()}, str(directory / HEAD_FILE))
-    info = {"spec": self.spec.to_dict(), "task_tokens": list(TASK_TOKENS), **(extra or {})}
-    (directory / SPEC_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_head(directory: os.PathLike) -> Optional[TaskHead]:
-  """The head saved in `directory`, or None when it holds a plain language model."""
-  directory = pathlib.Path(directory)
-  if not (directory / SPEC_FILE).exists():
-    return None
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  if not (directory / HEAD_FILE).exists():
-    raise FileNotFoundError(f"{directory} has {SPEC_FILE} but no {HEAD_FILE}: the fine-tuned head is missing")
-  info = json.loads((directory / SPEC_FILE).read_text())
-  spec = TaskSpec.from_dict(info["spec"])
-  params = {k: jnp.asarray(v) for k, v in load_file(str(directory / HEAD_FILE)).items()}
-  return TaskHead(spec, params)
-
-
-def _checked_head(model, kinds: tuple[str, ...], method: str) -> TaskHead:
-  head = getattr(model, "head", None)
-  if head is None:
-    raise ValueError(f"{method} needs a fine-tuned model (one with a task head, saved by gptjax fine-tuning); "
-                     "this is a plain language model")
-  if head.spec.kind not in kinds:
-    other = "choose" if head.spec.kind == "choice" else "classify"
-    raise ValueError(f"This model was fine-tuned for {head.spec.task}: use LanguageModel.{other}, not {method}")
-  if model.tokenizer is None:
-    raise ValueError(f"{method} needs the model's tokenizer, and this model has none")
-  return head
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_forward(config: ModelConfig, kind: str):
-  return jax.jit(lambda params, tokens, lengths: task_forward(config, kind, params, tokens, lengths)[0])
-
-
-def predict_outputs(model, records: Sequence[tuple[str, dict]], batch_size: int = 32, *,
-                    with_labels: bool = False, head: Optional[TaskHead] = None
-                    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-  """Head outputs for `records` (read with `read_records`) with a fine-tuned `LanguageModel`.
-
-  `head` overrides `model.head` (`choose` uses it to take any number of answers).
-
-  Returns:
-    (outputs, labels): outputs [E, C] logits, [E, 1] scores (regression) or [E, N] answer scores; labels as
-    encoded (None unless `with_labels`).
-  """
-  head = head or _checked_head(model, ("classes", "regression", "choice"), "predict")
-  ids = {t: model.tokenizer.token_to_id(t) for t in TASK_TOKENS}
-  missing = [t for t, i in ids.items() if i is None]
-  if missing:
-    raise ValueError(f"The model's tokenizer lacks the task tokens {missing}: it was not saved by fine-tuning")
-  max_length = head.spec.max_length or model.config.block_size
-  data = encode_records(head.spec, model.tokenizer, ids, records, max_length, with_labels=with_labels)
-  # One shape per length bucket (multiples of 32) keeps the number of compiles small.
-  length = min(-(-data.tokens.shape[2] // 32) * 32, model.config.block_size)
-  data = data.padded_to(max(length, data.tokens.shape[2]))
-  forward = _jitted_forward(model.config, head.spec.kind)
-  params = {"transformer": model.params, "head": head.params}
-  outputs = [np.asarray(forward(params, data.tokens[rows], data.lengths[rows]))
-             for rows, _ in _eval_batches(data, batch_size)]
-  return np.concatenate(outputs)[:len(data)], data.labels
+# A fine-tuned head and its inference live in gptjax/heads.py (on the inference engine); re-exported here.
+from gptjax.heads import HEAD_FILE, SPEC_FILE, TaskHead, choose, classify, load_head, predict_outputs  # noqa: E402,F401
 
 
 def _eval_batches(data: TaskData, batch_size: int):
@@ -305,89 +296,8 @@ def _eval_batches(data: TaskData, batch_size: int):
     yield np.where(index < len(data), index, 0), weight
 
 
-def classify(model, inputs, *, probabilities: bool = False):
-  """`LanguageModel.classify`: labels (or scores, for regression) of one input or a list of inputs.
-
-  An input is a str (classification), a pair of str (entailment, similarity) or a dict of named fields.
-  With `probabilities=True` each result is a {label: probability} dict instead.
-  """
-  head = _checked_head(model, ("classes", "regression"), "classify")
-  single = isinstance(inputs, (str, dict)) or (isinstance(inputs, tuple) and all(isinstance(x, str) for x in inputs))
-  batch = [inputs] if single else list(inputs)
-  fields = head.spec.text_fields
-  records = []
-  for i, item in enumerate(batch):
-    if isinstance(item, str):
-      item = (item,)
-    if not isinstance(item, dict):
-      if len(item) != len(fields):
-        raise ValueError(f"input {i}: {head.spec.task} takes {len(fields)} text(s) {fields}, got {len(item)}")
-      item = dict(zip(fields, item))
-    records.append((f"input {i}", item))
-  outputs, _ = predict_outputs(model, records)
-  if head.spec.kind == "regression":
-    results = [float(x) for x in outputs[:, 0]]
-  elif probabilities:
-    probs = jax.nn.softmax(outputs, axis=-1)
-    results = [dict(zip(head.spec.labels, map(float, p))) for p in np.asarray(probs)]
-  else:
-    results = [head.spec.labels[int(i)] for i in outputs.argmax(axis=-1)]
-  return results[0] if single else results
-
-
-def choose(model, context, choices, *, probabilities: bool = False):
-  """`LanguageModel.choose`: the index of the best answer (or the softmax across answers) for one context and its
-  list of answers, or for a list of contexts and a list of answer lists."""
-  head = _checked_head(model, ("choice",), "choose")
-  single = isinstance(context, str)
-  contexts, answer_lists = ([context], [choices]) if single else (list(context), list(choices))
-  if len(contexts) != len(answer_lists):
-    raise ValueError(f"{len(contexts)} contexts but {len(answer_lists)} answer lists")
-  spec = dataclasses.replace(head.spec, text_fields=("context",), choice_fields=("answers",), num_choices=0)
-  results = []
-  for i, (ctx, answers) in enumerate(zip(contexts, answer_lists)):
-    if isinstance(answers, str) or len(answers) < 2:
-      raise ValueError(f"input {i}: choose needs a list of at least 2 answers, got {answers!r}")
-    sub = TaskHead(dataclasses.replace(spec, num_choices=len(answers)), head.params)
-    outputs, _ = predict_outputs(model, [(f"input {i}", {"context": ctx, "answers": list(answers)})], head=sub)
-    probs = np.asarray(jax.nn.softmax(outputs[0]))
-    results.append([float(p) for p in probs] if probabilities else int(probs.argmax()))
-  return results[0] if single else results
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Training.
-
-
-def load_pretrained(config) -> tuple[ModelConfig, dict, Any, str]:
-  """The model named by `config.init_from` (via `checkpoint.initial_weights`) and its tokenizer.
-
-  `init_from` is a gptjax run folder (its tokenizer is `<workdir>/tokenizer`), a Hugging Face folder (tokenizer
-  files beside the weights) or a hub name; `config.finetune.tokenizer` overrides where the tokenizer comes from.
-
-  Returns:
-    (model config with `config.model`'s runtime fields, host params, tokenizer, description).
-  """
-  from gptjax import checkpoint  # pylint: disable=g-import-not-at-top
-  from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-  source = config.init_from
-  if source in ("", "scratch"):
-    raise ValueError("Fine-tuning needs a pre-trained model: set init_from to a gptjax run folder, a Hugging Face "
-                     "folder or a hub name (e.g. openai-gpt, gpt2)")
-  requested = ModelConfig.from_dict(config.model.to_dict())
-  model_config, params, description = checkpoint.initial_weights(source, requested)
-  path = pathlib.Path(source).expanduser()
-  tokenizer_source = config.finetune.get("tokenizer") or (
-      path / checkpoint.TOKENIZER_DIR if checkpoint.is_workdir(path) else source)
-  try:
-    tokenizer = load_tokenizer(tokenizer_source)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"Fine-tuning needs the tokenizer {source} was pre-trained with, and none was found at "
-                     f"{tokenizer_source} ({e}); set config.finetune.tokenizer to its folder") from e
-  if tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"The tokenizer has {tokenizer.vocab_size} ids but {source} has vocab_size "
-                     f"{model_config.vocab_size}: they do not belong together")
-  return model_config, params, tokenizer, description
+# Export (the training loop's objective calls it for each new best model; gptjax/train/objectives.py).
 
 
 def export_model(directory: os.PathLike, config: ModelConfig, params: dict, tokenizer, spec: TaskSpec,
@@ -406,167 +316,3 @@ def export_model(directory: os.PathLike, config: ModelConfig, params: dict, toke
   os.replace(staging, directory)
   shutil.rmtree(old, ignore_errors=True)
   return directory
-
-
-def make_train_step(loss_fn, tx, rng: jax.Array):
-  """`train_step(params, opt_state, batch, step) -> (params, opt_state, metrics)`; dropout key fold_in(rng, step)."""
-  def train_step(params, opt_state, batch, step):
-    grad_fn = jax.value_and_grad(
-        lambda p: loss_fn(p, batch, deterministic=False, rng=jax.random.fold_in(rng, step)), has_aux=True)
-    (loss, aux), grads = grad_fn(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"train_loss": loss, "task_loss": aux["task_loss"], "lm_loss": aux["lm_loss"],
-                               "grad_norm": optax.global_norm(grads)}
-  return train_step
-
-
-def evaluate(eval_step, params, data: TaskData, kind: str, batch_size: int) -> dict[str, float]:
-  """Validation metrics, task loss and LM loss over every example (the last batch padded with weight-0 rows)."""
-  outputs, sums = [], np.zeros(3)
-  for rows, weight in _eval_batches(data, batch_size):
-    aux = eval_step(params, {"tokens": data.tokens[rows], "lengths": data.lengths[rows],
-                             "labels": data.labels[rows], "weight": weight})
-    outputs.append(np.asarray(aux["outputs"]))
-    sums += np.array([float(aux["task_loss"]), float(aux["lm_loss"]), 1.0]) * weight.sum()
-  predictions = predictions_from_outputs(kind, np.concatenate(outputs)[:len(data)])
-  result = compute_metrics(kind, predictions, data.labels)
-  return {**result, "task_loss": float(sums[0] / sums[2]), "lm_loss": float(sums[1] / sums[2])}
-
-
-def update_progress(progress: dict, step: int, result: dict[str, float], metric: str, min_delta: float,
-                    patience: int) -> bool:
-  """Records an evaluation in `progress` (best so far, evaluations since, early stop); True when it is the new best.
-
-  An evaluation improves when `metric` beats the best by more than `min_delta`; after `patience` evaluations
-  without improvement (0 = never) `progress['stopped']` is set.
-  """
-  if progress["best_metric"] is None or result[metric] > progress["best_metric"] + min_delta:
-    progress.update(best_metric=result[metric], best_step=step, best=result, evals_since_best=0)
-    return True
-  progress["evals_since_best"] += 1
-  progress["stopped"] = bool(patience) and progress["evals_since_best"] >= patience
-  return False
-
-
-def train_and_evaluate(config, workdir: os.PathLike) -> dict[str, Any]:
-  """Fine-tunes `config.init_from` on `config.finetune`, keeping the best model by validation metric.
-
-  `python -m gptjax.train --config configs/finetune_<task>.py --workdir DIR` calls this. It writes to `workdir`:
-  `best/` (the best model so far: `gptjax.load(workdir / 'best')` restores it with its head), `checkpoints/`
-  (`gptjax.checkpoint`: the latest step to resume from and the best one, ranked by `val_loss` = -metric),
-  `metrics.jsonl` and TensorBoard events (`metrics.MetricWriter`). Running again resumes.
-
-  Batches: each epoch is a permutation drawn from (seed, epoch) and a step's rows are a slice of it, so the step is
-  the data position and a resumed run sees the batches of an uninterrupted one. Runs on one device.
-
-  Returns:
-    {'step', 'metric', 'best_step', 'best_metric', 'best': the best evaluation's metrics}.
-  """
-  from gptjax import checkpoint, metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  ft, opt, train, evaluation = config.finetune, config.opt, config.train, config.eval
-  workdir = pathlib.Path(workdir).expanduser().absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  spec = TaskSpec.from_config(ft)
-  if ft.lm_coef < 0:
-    raise ValueError(f"config.finetune.lm_coef must be >= 0 (0 turns the LM loss off), got {ft.lm_coef}")
-  for section, key in (("train", "epochs"), ("train", "batch_size"), ("train", "log_every"), ("eval", "batch_size")):
-    if config[section][key] < 1:
-      raise ValueError(f"config.{section}.{key} must be >= 1, got {config[section][key]}")
-
-  model_cfg, gpt_params, tokenizer, description = load_pretrained(config)
-  ids = add_task_tokens(tokenizer)
-  rng = jax.random.key(config.seed)
-  model_cfg, gpt_params = grow_embedding(model_cfg, gpt_params, tokenizer.vocab_size, jax.random.fold_in(rng, 1))
-  max_length = spec.max_length or model_cfg.block_size
-  if max_length > model_cfg.block_size:
-    raise ValueError(f"config.finetune.max_length={max_length} exceeds the model's context {model_cfg.block_size}")
-
-  read = functools.partial(read_records, tfds_data_dir=ft.tfds_data_dir or None, download=ft.download)
-  train_records, val_records = read(ft.train_data, default_split="train"), read(ft.val_data, default_split="validation")
-  for name, records in ((ft.train_data, train_records), (ft.val_data, val_records)):
-    if not records:
-      raise ValueError(f"{name} has no examples")
-  spec = resolve_spec(spec, train_records)
-  train_data = encode_records(spec, tokenizer, ids, train_records, max_length)
-  val_data = encode_records(spec, tokenizer, ids, val_records, max_length)
-  length = max(train_data.tokens.shape[2], val_data.tokens.shape[2])  # One static shape: one compile.
-  train_data, val_data = train_data.padded_to(length), val_data.padded_to(length)
-  metric = ft.metric or ("pearson" if spec.kind == "regression" else "accuracy")
-  allowed = {"regression": REGRESSION_METRICS, "choice": ("accuracy",), "classes": CLASS_METRICS}[spec.kind]
-  if metric not in allowed:
-    raise ValueError(f"config.finetune.metric={metric!r} does not apply to {spec.task}; choose from {allowed}")
-
-  steps_per_epoch = len(train_data) // train.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"{len(train_data)} training examples are fewer than one batch "
-                     f"(config.train.batch_size={train.batch_size})")
-  total_steps = train.epochs * steps_per_epoch
-  tx, schedule = optim.make_optimizer(
-      lr=opt.lr, warmup_steps=int(opt.warmup_fraction * total_steps), total_steps=total_steps,
-      min_lr_ratio=opt.min_lr_ratio, weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-      grad_clip_norm=opt.grad_clip_norm)
-  params = jax.device_put({"transformer": gpt_params, "head": init_head(spec, model_cfg, jax.random.fold_in(rng, 2))})
-  opt_state = tx.init(params)
-  loss_fn = functools.partial(losses, model_cfg, spec.kind, tuple(ids.values()), lm_coef=ft.lm_coef,
-                              clf_dropout=ft.clf_dropout)
-  train_step = jax.jit(make_train_step(loss_fn, tx, jax.random.fold_in(rng, 3)), donate_argnums=(0, 1))
-  eval_step = jax.jit(lambda p, batch: loss_fn(p, batch, deterministic=True)[1])
-
-  ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, max_to_keep=1, keep_best=True)
-  progress = {"best_metric": None, "best_step": None, "best": None, "evals_since_best": 0, "stopped": False}
-  step = ckpt.latest_step() or 0
-  if step:
-    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-    params, opt_state, meta = ckpt.restore(step, abstract(params), abstract(opt_state))
-    progress = meta["progress"]
-    logging.info("Resumed from step %d of %s.", step, ckpt.directory)
-  else:
-    logging.info("Initialised from %s.", description)
-  writer = metrics_lib.MetricWriter(workdir, enabled=True, resume_step=step, tensorboard=train.tensorboard)
-  eval_every = train.eval_every or steps_per_epoch
-  logging.info("Fine-tuning %s: %d train / %d val examples of %d tokens, labels %s, %d steps (%d per epoch).",
-               spec.task, len(train_data), len(val_data), length, list(spec.labels) or spec.kind, total_steps,
-               steps_per_epoch)
-  try:
-    while step < total_steps and not progress["stopped"]:
-      epoch, index = divmod(step, steps_per_epoch)
-      rows = np.random.default_rng([config.seed, epoch]).permutation(len(train_data))
-      rows = rows[index * train.batch_size:(index + 1) * train.batch_size]
-      batch = {"tokens": train_data.tokens[rows], "lengths": train_data.lengths[rows],
-               "labels": train_data.labels[rows]}
-      params, opt_state, stats = train_step(params, opt_state, batch, step)
-      step += 1
-      do_eval = step % eval_every == 0 or step == total_steps
-      if not (do_eval or step % train.log_every == 0):
-        continue
-      record = {k: float(v) for k, v in stats.items()}
-      if not np.isfinite(record["train_loss"]):
-        raise FloatingPointError(f"Fine-tuning diverged at step {step}: loss {record['train_loss']}; lower "
-                                 f"config.opt.lr")
-      record["lr"] = float(schedule(step - 1))
-      if do_eval:
-        result = evaluate(eval_step, params, val_data, spec.kind, evaluation.batch_size)
-        record.update({f"val_{k}": v for k, v in result.items()})
-        if update_progress(progress, step, result, metric, evaluation.early_stop_min_delta,
-                           evaluation.early_stop_patience):
-          export_model(workdir / "best", model_cfg, params, tokenizer, spec,
-                       extra={"step": step, "metric": metric, "validation": result, "init_from": config.init_from})
-      logging.info("step %d/%d | loss %.4f (task %.4f, lm %.4f)%s", step, total_steps, record["train_loss"],
-                   record["task_loss"], record["lm_loss"],
-                   f" | val {metric} {record[f'val_{metric}']:.4f} (best {progress['best_metric']:.4f} at step "
-                   f"{progress['best_step']})" if do_eval else "")
-      writer.write(step, record)
-      if do_eval:
-        ckpt.save(step, params, opt_state, {"progress": progress, "task": spec.to_dict()},
-                  val_loss=-result[metric])  # The checkpointer keeps the lowest val_loss: the best metric.
-      if progress["stopped"]:
-        logging.info("Early stop at step %d: no %s improvement in %d evaluations.", step, metric,
-                     evaluation.early_stop_patience)
-  finally:
-    writer.close()
-    ckpt.close()
-  logging.info("Best %s %.4f at step %s; the model is in %s.", metric, progress["best_metric"],
-               progress["best_step"], workdir / "best")
-  return {"step": step, "metric": metric, "best_step": progress["best_step"],
-          "best_metric": progress["best_metric"], "best": progress["best"]}

@@ -3,12 +3,14 @@
 `gptjax.load(path_or_name)` builds one from a Hugging Face folder or hub name (and, once trained, a gptjax workdir).
 Token ids are checked on the host before they reach a jitted function, where an out-of-range id would be clipped
 silently.
+
+A leaf: every forward pass goes through the inference engine (`lm.engine()`, `gptjax/inference/engine.py`), and the
+modules that use a model (evaluate, finetune, probe, serve) import this one, never the reverse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from typing import Any, Optional, Sequence, Union
@@ -17,8 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import heads
 from gptjax import hf
-from gptjax.model import GPT, ModelConfig
+from gptjax.inference import engine as engine_lib
+from gptjax.inference import scoring
+from gptjax.inference.sampling import SamplingParams
+from gptjax.model import ModelConfig
 
 TokenIds = Union[Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -50,10 +56,18 @@ class LanguageModel:
             f"layers={c.num_layers}, heads={c.num_heads}, width={c.emb_dim}, vocab={c.vocab_size}, "
             f"context={c.block_size}, tokenizer={getattr(self.tokenizer, 'kind', None)})")
 
-  @functools.cached_property
-  def _forward(self):
-    model = GPT(self.config)
-    return jax.jit(lambda params, tokens, mask: model.apply({"params": params}, tokens, attention_mask_BL=mask))
+  _MAX_ENGINES = 4  # Engines kept per model (each may hold a slot cache).
+
+  def engine(self, num_slots: int = 8, max_length: Optional[int] = None) -> engine_lib.Engine:
+    """The inference engine with `num_slots` slots of `max_length` tokens (default: the context), made once and
+    cached on the model (the few most recently used sizes)."""
+    engines = self.__dict__.setdefault("_engines", {})
+    key = (num_slots, self.config.block_size if max_length is None else max_length)
+    engine = engines.pop(key, None) or engine_lib.Engine(self, num_slots=key[0], max_length=key[1])
+    engines[key] = engine  # Most recently used last.
+    while len(engines) > self._MAX_ENGINES:
+      engines.pop(next(iter(engines)))
+    return engine
 
   def check_token_ids(self, ids: np.ndarray) -> None:
     """Raises ValueError naming the first id outside [0, vocab_size)."""
@@ -73,21 +87,11 @@ class LanguageModel:
       float32 array [B, T, V] (B = 1 for a single sequence).
     """
     ids = np.asarray(token_ids)
-    if ids.ndim == 1:
-      ids = ids[None]
-    if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
-      raise ValueError(f"token_ids must be a non-empty [T] or [B, T] array of ints, got shape {ids.shape} "
-                       f"dtype {ids.dtype}")
-    if ids.shape[1] > self.config.block_size:
-      raise ValueError(f"Sequence of {ids.shape[1]} tokens exceeds the model's context "
-                       f"block_size={self.config.block_size}")
-    self.check_token_ids(ids)
-    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    if mask.shape != ids.shape:
-      raise ValueError(f"attention_mask shape {mask.shape} does not match token_ids shape {ids.shape}")
-    return np.asarray(self._forward(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    if attention_mask is not None and np.shape(attention_mask) != (ids[None] if ids.ndim == 1 else ids).shape:
+      raise ValueError(f"attention_mask shape {np.shape(attention_mask)} does not match token_ids shape "
+                       f"{(ids[None] if ids.ndim == 1 else ids).shape}")
+    return self.engine().forward(ids, attention_mask).logits_BTV
 
-  # ---- Evaluation (branch `eval`; the logic lives in gptjax/evaluate.py) ----------------------------------------
   def score(self, texts: Union[str, Sequence[str]], *, context: Optional[int] = None, stride: Optional[int] = None,
             batch_size: int = 8):
     """Log-probability of each text under the model, batched and jitted.
@@ -103,16 +107,15 @@ class LanguageModel:
       batch_size: Rows per forward pass.
 
     Returns:
-      A `gptjax.evaluate.TextScore` (`logprob` in nats, `num_tokens` scored, `num_bytes` UTF-8) per text; a single
-      one for a single string.
+      A `TextScore` (`logprob` in nats, `num_tokens` scored, `num_bytes` UTF-8) per text; a single one for a
+      single string.
     """
-    from gptjax import evaluate  # pylint: disable=g-import-not-at-top
     single = isinstance(texts, str)
-    scores = evaluate.score_texts(self, [texts] if single else texts, context=context, stride=stride,
-                                  batch_size=batch_size)
+    scores = scoring.score_texts(self, [texts] if single else texts, context=context, stride=stride,
+                                 batch_size=batch_size)
     return scores[0] if single else scores
-  # ---- End of evaluation -----------------------------------------------------------------------------------------
-  # ----- Decoding (branch `sample`; the work is in gptjax/generation.py and gptjax/sampling.py) --------------------
+
+  # ----- Decoding (on the engine's slots: gptjax/inference/engine.py, generation.py, sampling.py) ----------------
 
   def generate(self, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: int = 0, stop=None, num_samples: int = 1,
@@ -130,6 +133,7 @@ class LanguageModel:
          never empty. top_p = 1 is off.
       5. The token is drawn from softmax of what is left, with a key derived from (seed, prompt index, sample
          index, step): results do not depend on which other prompts share the batch.
+    The rows run through the engine's slots: a list longer than the slot count streams through them.
 
     Stopping: each row stops on its own, at `<|endoftext|>` (when the tokenizer has one and `stop_at_eos`; GPT-1
     has none, so it stops only at `stop` sequences or `max_new_tokens`), at any `stop` sequence, or after
@@ -160,10 +164,9 @@ class LanguageModel:
       ValueError: an empty or overlong prompt, an id outside the vocabulary, or a parameter outside its range (the
         message names it).
     """
-    from gptjax import generation  # pylint: disable=g-import-not-at-top
-    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    return generation.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
-                             stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return engine_lib.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
+                               stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
 
   def stream(self, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              repetition_penalty: float = 1.0, seed: int = 0, stop=None, stop_at_eos: bool = True,
@@ -175,10 +178,9 @@ class LanguageModel:
     show a prefix of a stop string that then completes. Id prompts yield lists of new ids. Breaking out of the loop
     stops the computation.
     """
-    from gptjax import generation  # pylint: disable=g-import-not-at-top
-    params = generation.SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    return generation.stream(self, prompt, max_new_tokens, params, seed=seed, stop=stop, stop_at_eos=stop_at_eos,
-                           truncate_prompt=truncate_prompt)
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    return engine_lib.stream(self, prompt, max_new_tokens, params, seed=seed, stop=stop, stop_at_eos=stop_at_eos,
+                             truncate_prompt=truncate_prompt)
 
   # ----- End of decoding ---------------------------------------------------------------------------------------------
 
@@ -222,8 +224,8 @@ class LanguageModel:
       self.head.save(out_dir)
     return out_dir
 
-  # ---- Fine-tuned task heads (gptjax/finetune.py) ----------------------------------------------------------------
-  head = None  # A `finetune.TaskHead` once fine-tuned; `load` restores it from `finetune.json` + `head.safetensors`.
+  # ---- Fine-tuned task heads (trained by gptjax/finetune.py, run by gptjax/heads.py) --------------------------------
+  head = None  # A `heads.TaskHead` once fine-tuned; `load` restores it from `finetune.json` + `head.safetensors`.
 
   def classify(self, inputs, *, probabilities: bool = False):
     """Labels (or regression scores) from a fine-tuned classification / entailment / similarity head.
@@ -233,8 +235,7 @@ class LanguageModel:
         of the task's named fields.
       probabilities: Return {label: probability} per input instead of the label.
     """
-    from gptjax import finetune  # pylint: disable=g-import-not-at-top
-    return finetune.classify(self, inputs, probabilities=probabilities)
+    return heads.classify(self, inputs, probabilities=probabilities)
 
   def choose(self, context, choices, *, probabilities: bool = False):
     """Index of the best answer from a fine-tuned multiple-choice head (GPT-1: softmax across answers).
@@ -244,8 +245,7 @@ class LanguageModel:
       choices: The answers (list of str) for the context, or one such list per context.
       probabilities: Return the softmax across answers instead of the index.
     """
-    from gptjax import finetune  # pylint: disable=g-import-not-at-top
-    return finetune.choose(self, context, choices, probabilities=probabilities)
+    return heads.choose(self, context, choices, probabilities=probabilities)
   # ---- end of fine-tuned task heads ------------------------------------------------------------------------------
 
   # ---- Hugging Face Hub (gptjax/hub.py) ---------------------------------------------------------------------------
@@ -301,8 +301,7 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)
       model = LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))
-      from gptjax import finetune  # pylint: disable=g-import-not-at-top
-      model.head = finetune.load_head(path)  # None unless the folder holds a fine-tuned task head.
+      model.head = heads.load_head(path)  # None unless the folder holds a fine-tuned task head.
       return model
     raise FileNotFoundError(f"{path} is a folder but not a model: expected config.json with "
                             "model.safetensors or pytorch_model.bin (a Hugging Face folder)")

@@ -6,7 +6,9 @@ Only process 0 writes; the others make silent writers, so the trainer calls them
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import struct
 from typing import Any, Optional
 
 import jax
@@ -42,33 +44,106 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float
   return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
 
 
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old file or the new one."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _records_up_to(path: pathlib.Path, step: int) -> list[str]:
+  """The lines of a metrics.jsonl with step <= `step`; a line torn by a kill mid-write is dropped."""
+  kept = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and record.get("step", step + 1) <= step:
+      kept.append(line)
+  return kept
+
+
+def truncate_tensorboard(directory: pathlib.Path, step: int) -> int:
+  """Rewrites the TensorBoard event files in `directory` without the points past `step`; returns how many went.
+
+  A resumed run logs the steps after its checkpoint again; without this, TensorBoard would draw both the killed
+  run's points and the new ones (orbax keeps no events; tensorboardX's `purge_step` only hides them from readers
+  that implement it).
+  """
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  dropped = 0
+  for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+    kept, removed = [], 0
+    for data in read_tfrecords(path):
+      event = event_pb2.Event.FromString(data)
+      if event.step > step and event.HasField("summary"):
+        removed += 1
+      else:
+        kept.append(data)
+    if not removed:
+      continue
+    tmp = path.with_name(path.name + ".tmp")
+    writer = record_writer.RecordWriter(str(tmp))
+    for data in kept:
+      writer.write(data)
+    writer.close()
+    os.replace(tmp, path)
+    dropped += removed
+  return dropped
+
+
+def read_tfrecords(path: pathlib.Path):
+  """The payloads of a TFRecord file (an event file); stops quietly at a record torn by a kill."""
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:
+        return
+      yield data
+
+
 class MetricWriter:
-  """One console line per log interval, `metrics.jsonl` and TensorBoard events; silent except on process 0."""
+  """One console line per log interval, `metrics.jsonl` and TensorBoard events; silent except on process 0.
+
+  On resume (`resume_step` > 0) both drop the points past the restored step first: they belong to the run that
+  was killed, and the resumed run logs those steps again. At step 0 a fresh `metrics.jsonl` replaces any old one.
+  """
 
   def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
     self.enabled = enabled
     self.path = workdir / "metrics.jsonl"
+    self.tensorboard_dir = workdir / "tensorboard"
     self._tb = None
     if not enabled:
       return
     if self.path.exists():
-      # Steps after the checkpoint we resume from were lost with the killed run and will be logged again.
-      lines = [line for line in self.path.read_text().splitlines()
-               if line.strip() and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in lines))
+      kept = _records_up_to(self.path, resume_step)
+      atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+    if self.tensorboard_dir.is_dir():
+      truncate_tensorboard(self.tensorboard_dir, resume_step)
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(str(self.tensorboard_dir))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
-    with open(self.path, "a") as f:
+    with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)):
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(key, value, step)
       self._tb.flush()
 
@@ -79,17 +154,40 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 # Log lines name the trainer line that called `MetricWriter.info`, not the wrapper.
 logging.ABSLLogger.register_frame_to_skip(__file__, "info")
 
 
-def format_line(step: int, total: int, m: dict[str, Any]) -> str:
-  """The console line of one log interval, e.g. `step 100/300 | loss 5.2693 | lr 2.752e-03 | 1,564 tok/s | ...`."""
-  parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}",
-           f"{m['tokens_per_sec']:,.0f} tok/s", f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a",
-           f"{1000 * m['step_time_s']:.1f} ms/step"]
+def format_duration(seconds: float) -> str:
+  """`h:mm:ss` (or `m:ss` under an hour)."""
+  seconds = max(int(round(seconds)), 0)
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_line(step: int, total: int, m: dict[str, Any], *, elapsed_s: Optional[float] = None,
+                eta_s: Optional[float] = None) -> str:
+  """The console line of one log interval, e.g.
+  `step 100/300 | loss 5.2693 | lr 2.752e-03 | 1,564 tok/s | mfu n/a | 9.8 ms/step | elapsed 0:42 | eta 1:24`.
+
+  Keys beyond the pre-training ones (a fine-tuning run's task_loss, val_accuracy, ...) follow in order.
+  """
+  parts = [f"step {step}/{total}", f"loss {m['train_loss']:.4f}", f"lr {m['lr']:.3e}"]
+  if "tokens_per_sec" in m:
+    parts.append(f"{m['tokens_per_sec']:,.0f} tok/s")
+    parts.append(f"mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "mfu n/a")
+  if "step_time_s" in m:
+    parts.append(f"{1000 * m['step_time_s']:.1f} ms/step")
   if "val_loss" in m:
     parts += [f"val_loss {m['val_loss']:.4f}", f"val_ppl {m['val_ppl']:.2f}"]
+  shown = {"train_loss", "lr", "tokens_per_sec", "mfu", "step_time_s", "val_loss", "val_ppl", "grad_norm"}
+  parts += [f"{k} {v:.4f}" for k, v in m.items() if k not in shown and isinstance(v, float)]
+  if elapsed_s is not None:
+    parts.append(f"elapsed {format_duration(elapsed_s)}")
+  if eta_s is not None:
+    parts.append(f"eta {format_duration(eta_s)}")
   return " | ".join(parts)

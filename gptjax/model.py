@@ -11,9 +11,15 @@ Axis legend used in names and docstrings:
 Logical axis names on parameters (mapped to the mesh in `gptjax/sharding.py`):
   'vocab', 'embed', 'mlp', 'heads', 'kv', 'qkv', 'norm', 'position'.
 
-Decoding (`ModelConfig.decode=True`) keeps keys, values and a validity mask per slot in a `'cache'` collection sized
-to a static maximum length. One call may feed many tokens (a whole prompt: prefill) or one; rows of a ragged batch are
-left-padded and marked by `attention_mask`, and each row's positions count only its real tokens.
+Decoding (`ModelConfig.decode=True`) keeps keys, values and a validity mask per cache position in a `'cache'`
+collection sized to a static maximum length. One call may feed many tokens (a whole prompt: prefill) or one; rows of a
+ragged batch are left-padded and marked by `attention_mask`, and each row's positions count only its real tokens.
+Every row has its own write index and position count, so the rows of the cache are independent slots: the inference
+engine (`gptjax/inference/engine.py`) fills one slot with a new request while the others keep decoding.
+
+Probing (read by `gptjax/inference/engine.py`): with `mutable=['hidden_states']` the residual stream is sown after
+the embeddings and after every block (before `ln_f`); with `mutable=['intermediates']` each layer's attention
+probabilities; `ablation=` zeroes chosen heads, attention sub-blocks or MLPs (see `ablation_masks`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NORMS = ("pre", "post")
 _ACTIVATIONS = {
@@ -171,13 +178,14 @@ class CausalSelfAttention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD, valid_BL, deterministic: bool):
+  def __call__(self, x_BLD, valid_BL, deterministic: bool, head_keep_H=None):
     """Attends each position to earlier valid positions.
 
     Args:
       x_BLD: Inputs in the compute dtype.
       valid_BL: bool; False marks padding, which no query may attend to.
       deterministic: Disables attention dropout.
+      head_keep_H: Optional per-head multipliers of the heads' outputs before `c_proj` (0 ablates a head).
 
     Returns:
       [B, L, D] attention output after the `c_proj` projection.
@@ -196,12 +204,12 @@ class CausalSelfAttention(nn.Module):
     q_BLHK, k_BLHK, v_BLHK = (qkv_BL3HK[:, :, i] for i in range(3))
 
     if cfg.decode:
-      k_BSHK, v_BSHK, key_valid_BS, query_slot_L = self._update_cache(k_BLHK, v_BLHK, valid_BL)
+      k_BSHK, v_BSHK, key_valid_BS, query_slot_BL = self._update_cache(k_BLHK, v_BLHK, valid_BL)
     else:
-      k_BSHK, v_BSHK, key_valid_BS, query_slot_L = k_BLHK, v_BLHK, valid_BL, jnp.arange(L)
+      k_BSHK, v_BSHK, key_valid_BS, query_slot_BL = k_BLHK, v_BLHK, valid_BL, jnp.arange(L)[None]
     S = k_BSHK.shape[1]
-    causal_LS = jnp.arange(S)[None, :] <= query_slot_L[:, None]
-    mask_B1LS = causal_LS[None, None] & key_valid_BS[:, None, None, :]
+    causal_BLS = jnp.arange(S)[None, None, :] <= query_slot_BL[:, :, None]
+    mask_B1LS = causal_BLS[:, None] & key_valid_BS[:, None, None, :]
 
     use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
     if use_dropout or self.is_mutable_collection("intermediates"):
@@ -217,6 +225,8 @@ class CausalSelfAttention(nn.Module):
       out_BLHK = jax.nn.dot_product_attention(
           q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS, implementation=cfg.attention_impl)
 
+    if head_keep_H is not None:
+      out_BLHK = out_BLHK * head_keep_H.astype(out_BLHK.dtype)[:, None]
     # HF's c_proj is (D, D) with rows ordered (head, head_dim): reshaped to (H, K, D) here.
     return nn.DenseGeneral(
         features=cfg.emb_dim, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
@@ -228,24 +238,27 @@ class CausalSelfAttention(nn.Module):
     return cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
 
   def _update_cache(self, k_BLHK, v_BLHK, valid_BL):
-    """Writes L new keys/values at the cache index; returns the whole cache and the new queries' slots."""
+    """Writes L new keys/values at each row's own cache index; returns the whole cache and the queries' slots.
+
+    Each row b writes at `index[b]` (a slot of the engine's batch fills and empties on its own); a write past the
+    end is clamped to the last L slots, which only rows without a request do (the engine marks them invalid).
+    """
     B, L, H, K = k_BLHK.shape
     initialised = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BLHK.shape, k_BLHK.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BLHK.shape, v_BLHK.dtype)
     cached_valid = self.variable("cache", "cached_valid", jnp.zeros, valid_BL.shape, jnp.bool_)
-    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    index = self.variable("cache", "index", lambda: jnp.zeros((B,), jnp.int32))
     if not initialised:
       # `init` sizes the cache from its input ([B, max_length]); nothing is written.
-      return k_BLHK, v_BLHK, valid_BL, jnp.arange(L)
-    start = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLHK.astype(cached_key.value.dtype),
-                                                    (0, start, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value,
-                                                      v_BLHK.astype(cached_value.value.dtype), (0, start, 0, 0))
-    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid_BL, (0, start))
-    index.value = start + L
-    return cached_key.value, cached_value.value, cached_valid.value, start + jnp.arange(L)
+      return k_BLHK, v_BLHK, valid_BL, jnp.arange(L)[None]
+    start_B = index.value
+    write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=0))
+    cached_key.value = write(cached_key.value, k_BLHK.astype(cached_key.value.dtype), start_B)
+    cached_value.value = write(cached_value.value, v_BLHK.astype(cached_value.value.dtype), start_B)
+    cached_valid.value = write(cached_valid.value, valid_BL, start_B)
+    index.value = start_B + L
+    return cached_key.value, cached_value.value, cached_valid.value, start_B[:, None] + jnp.arange(L)
 
 
 class MLP(nn.Module):
@@ -271,19 +284,26 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD, valid_BL, deterministic: bool):
+  def __call__(self, x_BLD, valid_BL, deterministic: bool, keep=None):
+    """`keep`: None, or this layer's `ablation_masks` entries (head_H, attn, mlp): multipliers, 0 = zeroed."""
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    attn, mlp = CausalSelfAttention(cfg, name="attn"), MLP(cfg, name="mlp")
+    attn_mod, mlp_mod = CausalSelfAttention(cfg, name="attn"), MLP(cfg, name="mlp")
+    head_keep_H, attn_keep, mlp_keep = (None, None, None) if keep is None else keep
+    # --- Ablations: a zeroed sub-block's output (after its c_proj, bias included) adds nothing to the stream. ---
+    scaled = lambda y, k: y if k is None else y * k.astype(y.dtype)
+    attn = lambda y: scaled(attn_mod(y, valid_BL, deterministic, head_keep_H), attn_keep)
+    mlp = lambda y: scaled(mlp_mod(y, deterministic), mlp_keep)
+    # --- end of ablations. ---
     ln_1_mod, ln_2_mod = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
     ln_1 = lambda y: ln_1_mod(y).astype(cfg.dtype)
     ln_2 = lambda y: ln_2_mod(y).astype(cfg.dtype)
     if cfg.norm == "pre":
-      x_BLD = x_BLD + drop(attn(ln_1(x_BLD), valid_BL, deterministic))
-      x_BLD = x_BLD + drop(mlp(ln_2(x_BLD), deterministic))
+      x_BLD = x_BLD + drop(attn(ln_1(x_BLD)))
+      x_BLD = x_BLD + drop(mlp(ln_2(x_BLD)))
     else:
-      x_BLD = ln_1(x_BLD + drop(attn(x_BLD, valid_BL, deterministic)))
-      x_BLD = ln_2(x_BLD + drop(mlp(x_BLD, deterministic)))
+      x_BLD = ln_1(x_BLD + drop(attn(x_BLD)))
+      x_BLD = ln_2(x_BLD + drop(mlp(x_BLD)))
     return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
 
 
@@ -294,7 +314,7 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, *, attention_mask_BL=None, positions_BL=None, deterministic: bool = True,
-               return_hidden: bool = False, last_only: bool = False):
+               return_hidden: bool = False, last_only: bool = False, ablation=None):
     """Runs the model.
 
     Args:
@@ -307,6 +327,8 @@ class GPT(nn.Module):
       return_hidden: Also return the final hidden states [B, L, D] (after `ln_f` where present).
       last_only: Project only the last position to the vocabulary (logits [B, 1, V]). Decoding needs no more, and
         a prompt's full [B, L, V] logits (GBs for GPT-2 at L = 1024) are not removed by XLA on its own.
+      ablation: None, or `ablation_masks(config, ...)`: multipliers of each head's output, each attention
+        sub-block's and each MLP's (0 = zeroed), as arrays so one compiled program serves every ablation.
 
     Returns:
       logits [B, L, V] float32 ([B, 1, V] with `last_only`), or (logits, hidden) when `return_hidden`.
@@ -334,10 +356,14 @@ class GPT(nn.Module):
     x_BLD = wte(tokens_BL) + wpe(positions_BL)
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+    # The residual stream, for probing: kept only when the caller makes 'hidden_states' mutable.
+    self.sow("hidden_states", "residual", x_BLD)
 
     block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     for i in range(cfg.num_layers):
-      x_BLD = block(cfg, name=f"h_{i}")(x_BLD, valid_BL, deterministic)
+      keep = None if ablation is None else (ablation["head"][i], ablation["attn"][i], ablation["mlp"][i])
+      x_BLD = block(cfg, name=f"h_{i}")(x_BLD, valid_BL, deterministic, keep)
+      self.sow("hidden_states", "residual", x_BLD)
     if cfg.final_norm:
       x_BLD = layer_norm(cfg, "ln_f")(x_BLD).astype(dtype)
 
@@ -350,6 +376,36 @@ class GPT(nn.Module):
                             kernel_init=_normal(cfg.init_std, ("embed", "vocab")), name="lm_head")(head_BLD)
     logits_BLV = logits_BLV.astype(jnp.float32)
     return (logits_BLV, x_BLD) if return_hidden else logits_BLV
+
+
+def ablation_masks(config: ModelConfig, ablations=()) -> dict:
+  """The `ablation=` argument of `GPT`: multipliers that zero what `ablations` names.
+
+  Args:
+    config: The model's config.
+    ablations: ("head", layer, head) zeroes one head's output (its slice of `c_proj`'s input), ("attn", layer) a
+      whole attention sub-block's output, ("mlp", layer) an MLP's output (each after its `c_proj`, bias included).
+
+  Returns:
+    {'head': float32 [num_layers, num_heads], 'attn': [num_layers], 'mlp': [num_layers]}, 1 = kept, 0 = zeroed.
+  """
+  masks = {"head": np.ones((config.num_layers, config.num_heads), np.float32),
+           "attn": np.ones((config.num_layers,), np.float32), "mlp": np.ones((config.num_layers,), np.float32)}
+  for item in ablations:
+    kind = item[0] if isinstance(item, (tuple, list)) and item else None
+    arity = {"head": 3, "attn": 2, "mlp": 2}.get(kind)
+    if arity is None or len(item) != arity or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                       for i in item[1:]):
+      raise ValueError(f"ablations: {item!r} is not ('head', layer, head), ('attn', layer) or ('mlp', layer)")
+    if not 0 <= item[1] < config.num_layers:
+      raise ValueError(f"ablations: layer {item[1]} in {item!r} is outside [0, num_layers={config.num_layers})")
+    if kind == "head":
+      if not 0 <= item[2] < config.num_heads:
+        raise ValueError(f"ablations: head {item[2]} in {item!r} is outside [0, num_heads={config.num_heads})")
+      masks["head"][item[1], item[2]] = 0.0
+    else:
+      masks[kind][item[1]] = 0.0
+  return masks
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:

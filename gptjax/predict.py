@@ -12,8 +12,9 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from gptjax import console
 from gptjax import finetune
 
 FLAGS = flags.FLAGS
@@ -29,7 +30,7 @@ def main(argv):
   import gptjax  # pylint: disable=g-import-not-at-top
   model = gptjax.load(FLAGS.model)  # A fine-tuning workdir loads its best model.
   if model.head is None:
-    raise app.UsageError(f"{FLAGS.model} holds no fine-tuned task head ({finetune.SPEC_FILE}): it is a plain "
+    raise ValueError(f"{FLAGS.model} holds no fine-tuned task head ({finetune.SPEC_FILE}): it is a plain "
                          "language model; fine-tune it first")
   records = finetune.read_records(FLAGS.data, default_split=FLAGS.split)
   spec = model.head.spec
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

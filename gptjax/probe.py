@@ -1,7 +1,8 @@
 """Probing a model: top-k next tokens and attention maps, for notebooks and the explorer page.
 
-Both work on any `LanguageModel`; attention maps come from the model's own attention (the probabilities it sows into
-the `'intermediates'` collection), not from a re-implementation.
+Both work on any `LanguageModel` and run on its inference engine (`lm.engine().forward`); attention maps come from
+the model's own attention (the probabilities it sows into the `'intermediates'` collection), not from a
+re-implementation.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from gptjax.model import GPT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +52,4 @@ def attention_maps(lm, text_or_ids: Union[str, Sequence[int]]) -> np.ndarray:
   ids = _ids(lm, text_or_ids)
   if len(ids) > lm.config.block_size:
     raise ValueError(f"{len(ids)} tokens exceed the model's context block_size={lm.config.block_size}")
-  lm.check_token_ids(ids)
-  model = GPT(lm.config)
-  _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(
-      lm.params, jnp.asarray(ids[None], jnp.int32))
-  layers = [state["intermediates"][f"h_{i}"]["attn"]["attention_weights"][0][0]
-            for i in range(lm.config.num_layers)]
-  return np.stack([np.asarray(x) for x in layers])
+  return lm.engine().forward(ids[None], logits=False, attention=True).attention_NBHTT[:, 0]

@@ -7,12 +7,12 @@ GPT-2's). Each sample is printed as prompt + continuation, followed by a line of
 """
 
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 
 import gptjax
+from gptjax import console
 
 _MODEL = flags.DEFINE_string("model", None, "Model folder (Hugging Face layout) or hub name.", required=True)
 _START = flags.DEFINE_string("start", "", "Prompt text, or FILE:path to read it from. Empty: unconditional.")
@@ -41,19 +41,17 @@ def read_start(start: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    start = read_start(_START.value)
-    lm = gptjax.load(_MODEL.value)
-    samples = lm.generate([start] if start else None, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-                          top_k=_TOP_K.value, top_p=_TOP_P.value, repetition_penalty=_REPETITION_PENALTY.value,
-                          seed=_SEED.value, stop=_STOP.value or None, num_samples=_NUM_SAMPLES.value,
-                          truncate_prompt=_TRUNCATE.value)
-  except (ValueError, TypeError, OSError) as e:  # Bad input: the message names it; a traceback would bury it.
-    sys.exit(f"gptjax.sample: error: {e}")
+  # Bad input raises ValueError / OSError naming it: `console.run` reports it as one `error:` line.
+  start = read_start(_START.value)
+  lm = gptjax.load(_MODEL.value)
+  samples = lm.generate([start] if start else None, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
+                        top_k=_TOP_K.value, top_p=_TOP_P.value, repetition_penalty=_REPETITION_PENALTY.value,
+                        seed=_SEED.value, stop=_STOP.value or None, num_samples=_NUM_SAMPLES.value,
+                        truncate_prompt=_TRUNCATE.value)
   for sample in samples:
     print(start + sample)
     print("-" * 40)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

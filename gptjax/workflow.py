@@ -1,6 +1,6 @@
 """The seeds' workflow in Python: `lm = gptjax.fit(config, workdir)`, `lm.predict([...])`, `lm.save(path)`.
 
-`fit` lives here rather than in `gptjax.train`, which is the command line's module: `gptjax.fit` stays a function.
+`fit` lives here rather than in `gptjax.train` (the loop's package, whose `__main__` is the command line).
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ def fit(config: Union[ml_collections.ConfigDict, str, os.PathLike], workdir: Uni
     The trained model with its tokenizer (`gptjax.load(workdir)`).
   """
   from gptjax import language_model  # pylint: disable=g-import-not-at-top
-  from gptjax import trainer  # pylint: disable=g-import-not-at-top
-  config = load_config(config)
-  if "finetune" in config:
-    from gptjax import finetune  # pylint: disable=g-import-not-at-top
-    finetune.train_and_evaluate(config, workdir)
-  else:
-    trainer.train_and_evaluate(config, workdir)
+  from gptjax.train import loop  # pylint: disable=g-import-not-at-top
+  loop.train_and_evaluate(load_config(config), workdir)  # Pre-training or fine-tuning: the config says which.
   return language_model.load(workdir)

@@ -20,6 +20,7 @@ import assets
 import gptjax
 from gptjax import data as data_lib
 from gptjax import evaluate
+from gptjax.inference import engine as E
 from gptjax.language_model import LanguageModel
 from gptjax.tokenizer import char_tokenizer
 
@@ -125,8 +126,10 @@ def test_stride_equal_to_context_is_independent_chunks(lm, hf_model):
 
 
 def test_batched_padded_scores_equal_pytorch_text_by_text_and_shapes_are_bucketed(lm, hf_model):
-  texts = [TEXT[:n] for n in (5, 30, 60, 90, 120, 200)] + [""]  # 2 to ~45 tokens: three length buckets, one batch.
+  texts = [TEXT[:n] for n in (5, 30, 60, 90, 120, 200)] + [""]  # 2 to ~45 tokens: four length buckets, one batch.
+  before = E.trace_counts().get("score", 0)
   scores = lm.score(texts)
+  assert E.trace_counts().get("score", 0) - before <= 4  # Lengths bucket to {8, 16, 32, 64}.
   for text, score in zip(texts[:-1], scores):
     stream = [EOS] + lm.tokenizer.encode(text)
     assert (score.num_tokens, score.num_bytes) == (len(stream) - 1, len(text.encode()))
@@ -134,8 +137,9 @@ def test_batched_padded_scores_equal_pytorch_text_by_text_and_shapes_are_buckete
   assert scores[-1] == evaluate.TextScore(0.0, 0, 0)
   single = lm.score(texts[-2])
   assert isinstance(single, evaluate.TextScore) and single.logprob == pytest.approx(scores[-2].logprob, rel=1e-6)
-  # Whatever the tests ran so far: lengths bucket to {16, 32, 64}, rows to {1, 2, 4, 8}.
-  assert evaluate._scorer(lm.config)._cache_size() <= 3 * 4
+  compiled = E.trace_counts()["score"]
+  lm.score([TEXT[:n] for n in (7, 33, 70, 100, 150, 190, 9)])  # The same buckets: nothing new to compile.
+  assert E.trace_counts()["score"] == compiled
 
 
 def test_without_endoftext_the_first_token_is_context_only(lm, hf_model):
@@ -355,6 +359,6 @@ def test_command_line_prints_a_table_and_writes_json(lm, model_dir, tmp_path):
 def test_command_line_bad_input_exits_with_the_message(model_dir, tmp_path):
   path = _write_jsonl(tmp_path / "mc.jsonl", [CHOICES[0], {"context": "x", "endings": ["a"]}])
   run = _run_cli("--model", str(model_dir), "--task", "multiple_choice", "--data", str(path), cwd=tmp_path)
-  assert run.returncode == 1
-  assert f"gptjax.evaluate: error: {path} line 2: missing field 'label'" in run.stderr
+  assert run.returncode == 2  # A user's mistake (gptjax.console): one line, exit status 2.
+  assert run.stderr.strip().splitlines()[-1].startswith(f"error: {path} line 2: missing field 'label'")
   assert "Traceback" not in run.stderr and not (tmp_path / "eval_results.json").exists()

@@ -19,7 +19,7 @@ import pytest
 
 import gptjax
 from configs import finetune_sst2
-from gptjax import finetune as F
+from gptjax import train as gptjax_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRETRAIN_BYTES = 300_000  # The first ~300 KB of the standard library (builtin:python): the pre-training text.
@@ -110,8 +110,9 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
   overrides = {
       "init_from": str(pretrain), "finetune.train_data": str(tmp_path / "train.jsonl"),
       "finetune.val_data": str(tmp_path / "val.jsonl"), "finetune.text_fields": ("text",),
-      "finetune.labels": ("code", "comment"), "finetune.max_length": 32, "opt.lr": 1e-3, "opt.warmup_fraction": 0.1,
-      "train.batch_size": 16, "train.epochs": 3, "train.log_every": 25, "train.tensorboard": False,
+      "finetune.labels": ("code", "comment"), "finetune.max_length": 32, "opt.lr": 1e-3, "opt.warmup_steps": 7,
+      # 3 epochs of 400 examples at batch 16: 25 steps per epoch (one evaluation each), 75 in all.
+      "train.batch_size": 16, "train.steps": 75, "train.log_every": 25, "train.tensorboard": False,
       "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
   args = ["gptjax.train", "--config", "configs/finetune_sst2.py", "--workdir", str(work)] + [
       f"--config.{key}={value!r}" if isinstance(value, tuple) else f"--config.{key}={value}"
@@ -131,7 +132,7 @@ def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_
   for key, value in overrides.items():
     section, _, field = key.rpartition(".")
     (config[section] if section else config)[field] = value
-  again = F.train_and_evaluate(config, work)
+  again = gptjax_train.train_and_evaluate(config, work)
   assert again["step"] == 75 and again["best_metric"] == accuracy and again["best_step"] == saved["step"]
 
   # 5. Predict through the CLI; the model the run kept gives the accuracy the run measured.

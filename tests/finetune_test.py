@@ -245,19 +245,3 @@ def test_classify_labels_pairs_and_regression(tmp_path):
   plain = LanguageModel(*_tiny_model(tokenizer_lib.char_tokenizer(ALPHABET)))
   with pytest.raises(ValueError, match="classify needs a fine-tuned model"):
     plain.classify("hello")
-
-
-def test_best_evaluation_is_kept_and_early_stopping_counts_evaluations_without_improvement():
-  progress = {"best_metric": None, "best_step": None, "best": None, "evals_since_best": 0, "stopped": False}
-  improved = [F.update_progress(progress, step, {"accuracy": acc}, "accuracy", min_delta=0.01, patience=2)
-              for step, acc in ((10, 0.70), (20, 0.80), (30, 0.805), (40, 0.85))]
-  assert improved == [True, True, False, True]  # 0.805 is within min_delta of 0.80: no improvement.
-  assert (progress["best_step"], progress["best_metric"], progress["stopped"]) == (40, 0.85, False)
-  F.update_progress(progress, 50, {"accuracy": 0.84}, "accuracy", min_delta=0.01, patience=2)
-  assert not progress["stopped"]
-  F.update_progress(progress, 60, {"accuracy": 0.80}, "accuracy", min_delta=0.01, patience=2)
-  assert progress["stopped"] and progress["best_step"] == 40 and progress["evals_since_best"] == 2
-  never = dict(progress, evals_since_best=0, stopped=False)
-  for step in range(5):
-    F.update_progress(never, step, {"accuracy": 0.1}, "accuracy", min_delta=0.0, patience=0)
-  assert not never["stopped"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import assets
-from gptjax import generation as G
-from gptjax import sampling as S
+from gptjax.inference import engine as E
+from gptjax.inference import generation as G
+from gptjax.inference import sampling as S
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
 from tiny_lm import CORPUS, SAMPLE, TINY, random_lm
 from tiny_lm import text_lm as make_text_lm
@@ -45,20 +46,22 @@ def test_sampling_is_reproducible_and_rows_are_independent_of_the_batch(text_lm)
   assert sample(["Hello", "日本"])[:2] == first[:2]
 
 
-def test_new_prompt_lengths_reuse_the_compiled_program():
+def test_new_prompt_lengths_reuse_the_compiled_programs():
   lm = random_lm(dataclasses.replace(TINY, vocab_size=5, num_layers=1))  # An architecture no other test compiles.
-  before = S.trace_counts().get("generate", 0)
-  for n, new, temperature, top_k in [(3, 4, 1.0, 2), (5, 6, 0.7, 3), (7, 2, 1.3, 1), (1, 8, 1.0, 4)]:
+  lm.generate([[1] * 2, [2] * 6], 3, temperature=1.0, top_k=2)  # Warm-up: 2 slots, cache 16, prompt bucket 8.
+  before = E.trace_counts()
+  for n, new, temperature, top_k in [(3, 4, 1.0, 2), (5, 6, 0.7, 3), (7, 2, 1.3, 1), (1, 8, 1.0, 4), (4, 5, 0, 0)]:
     lm.generate([[1] * n, [2] * (8 - n)], new, temperature=temperature, top_k=top_k, seed=n)
-  assert S.trace_counts()["generate"] == before + 1
-  lm.generate([[1] * 11], 4, temperature=1.0, top_k=2)  # 11 tokens: the next prompt bucket.
-  assert S.trace_counts()["generate"] == before + 2
+  assert E.trace_counts() == before
+  lm.generate([[1] * 11, [3]], 4, temperature=1.0, top_k=2)  # 11 tokens: the next prompt bucket.
+  after = E.trace_counts()
+  assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {"prefill": 1,
+                                                                                             "insert": 1}
 
 
-def test_prompt_buckets_respect_the_context():
-  for prompt_len, new, block in [(3, 4, 32), (9, 4, 32), (20, 12, 32), (1, 31, 32), (31, 1, 32), (100, 400, 1024)]:
-    P, T = G.bucket_lengths(prompt_len, new, block)
-    assert prompt_len <= P and T <= block and T - P >= new
+def test_buckets_are_powers_of_two_within_the_cap():
+  assert [E.bucket(n) for n in (1, 8, 9, 16, 17, 1000)] == [8, 8, 16, 16, 32, 1024]
+  assert E.bucket(3, 1) == 4 and E.bucket(600, 8, 512) == 512
 
 
 # ----- Stop sequences, unconditional samples, id prompts. ------------------------------------------------------------
@@ -71,7 +74,7 @@ def test_stop_strings_cut_the_text_and_token_stops_cut_ids(text_lm):
   stop = full[3:5]
   cut = full[:full.find(stop)]
   assert text_lm.generate(["Hello"], 14, stop=stop, **kwargs) == [cut]
-  assert G.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
+  assert E.generate(text_lm, ["Hello"], 14, S.SamplingParams(**SAMPLE), seed=1, stop=stop, stop_at_eos=False,
                     return_finish_reasons=True) == ([cut], ["stop"])
   assert "".join(text_lm.stream("Hello", 14, stop=stop, **kwargs)) == cut
   # One stop list per prompt: only the first prompt has one.

@@ -23,5 +23,5 @@ def test_sample_command_prints_the_samples(tmp_path):
   samples = lm.generate(["Hello 日本"], 12, temperature=1.5, top_k=50, seed=3, num_samples=4)
   assert out.stdout == "".join(f"Hello 日本{s}\n{'-' * 40}\n" for s in samples)
   bad = subprocess.run(command[:4] + ["--top_p=2"], capture_output=True, text=True, env=env, timeout=300)
-  assert bad.returncode == 1
-  assert bad.stderr.strip().splitlines()[-1] == "gptjax.sample: error: top_p must be in (0, 1] (1 = off), got 2.0"
+  assert bad.returncode == 2  # A user's mistake (gptjax.console): one line, exit status 2.
+  assert bad.stderr.strip().splitlines() == ["error: top_p must be in (0, 1] (1 = off), got 2.0"]

@@ -1,5 +1,5 @@
-"""The decoding loop: strategies against Hugging Face's processors and their distributions, the loop on models of
-known behaviour, cached logits against full forward passes, greedy decoding against HF `generate`."""
+"""Choosing tokens: per-row strategies against Hugging Face's processors, OpenAI's penalties and the distributions
+they define; the engine's cached decoding against full forward passes; greedy decoding against HF `generate`."""
 
 import dataclasses
 
@@ -13,65 +13,62 @@ import transformers
 from transformers.generation import logits_process
 
 import gptjax
-from gptjax import model as M
-from gptjax import sampling as S
+from gptjax.inference import engine as E
+from gptjax.inference import sampling as S
 from tiny_lm import TINY, random_lm
 
-# GPT-1's post-LN blocks, here with an untied output head too (the head is computed in sampling.py).
+# GPT-1's post-LN blocks, here with an untied output head too.
 TINY_GPT1_UNTIED = dataclasses.replace(TINY, norm="post", final_norm=False, scale_residual_init=False,
                                        tie_embeddings=False)
 
 
-# ----- Strategies: the same maths as Hugging Face's processors. ------------------------------------------------------
+# ----- Strategies: the same maths as Hugging Face's processors, each row with its own settings. ----------------------
 
 
 def _hf_filtered(warper, logits):
   return warper(torch.zeros((logits.shape[0], 1), dtype=torch.long), torch.tensor(logits)).numpy()
 
 
-_filter = jax.jit(S.filter_top_k_top_p)
+_SETTINGS = [(1, None), (5, None), (None, 0.01), (None, 0.5), (None, 0.9), (7, 0.8), (40, None), (None, 1.0),
+             (None, None)]
 
 
-@pytest.mark.parametrize("top_k, top_p", [(1, None), (5, None), (None, 0.01), (None, 0.5), (None, 0.9), (7, 0.8),
-                                          (40, None), (None, 1.0)])
-def test_top_k_top_p_keep_the_same_tokens_as_hugging_face(top_k, top_p):
-  logits = np.random.default_rng(0).normal(size=(16, 40)).astype(np.float32) * 2
-  expected = logits
-  if top_k is not None:
-    expected = _hf_filtered(logits_process.TopKLogitsWarper(top_k), expected)
-  if top_p is not None:
-    expected = _hf_filtered(logits_process.TopPLogitsWarper(top_p), expected)
-  ours = np.asarray(_filter(jnp.asarray(logits), top_k, top_p))
-  np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
-  np.testing.assert_array_equal(ours[np.isfinite(ours)], logits[np.isfinite(ours)])
+def test_top_k_top_p_keep_the_same_tokens_as_hugging_face_row_by_row():
+  logits = np.random.default_rng(0).normal(size=(len(_SETTINGS), 40)).astype(np.float32) * 2
+  top_k = np.array([k or 0 for k, _ in _SETTINGS], np.int32)  # 0 = off.
+  top_p = np.array([1.0 if p is None else p for _, p in _SETTINGS], np.float32)  # 1 = off.
+  ours = np.asarray(jax.jit(S.filter_per_row)(jnp.asarray(logits), top_k, top_p))
+  for row, (k, p) in enumerate(_SETTINGS):
+    expected = logits[row:row + 1]
+    if k is not None:
+      expected = _hf_filtered(logits_process.TopKLogitsWarper(k), expected)
+    if p is not None:
+      expected = _hf_filtered(logits_process.TopPLogitsWarper(p), expected)
+    np.testing.assert_array_equal(np.isfinite(ours[row]), np.isfinite(expected[0]), err_msg=str((k, p)))
+    np.testing.assert_array_equal(ours[row][np.isfinite(ours[row])], logits[row][np.isfinite(ours[row])])
+  np.testing.assert_array_equal(ours[-1], logits[-1])  # Both off: the row is untouched.
 
 
-def test_repetition_penalty_equals_hugging_face():
+def test_penalties_equal_hugging_face_and_openai_row_by_row():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(3, 20)).astype(np.float32)
   context = rng.integers(0, 20, size=(3, 9))
-  expected = logits_process.RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor(context), torch.tensor(logits))
-  ours = S.apply_repetition_penalty(jnp.asarray(logits), jnp.asarray(context), jnp.ones((3, 9), bool), 1.7)
-  np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-6)
-  # Invalid (padding) slots are not penalised.
-  valid = np.ones((3, 9), bool)
-  valid[0] = False
-  ours = S.apply_repetition_penalty(jnp.asarray(logits), jnp.asarray(context), jnp.asarray(valid), 1.7)
-  np.testing.assert_array_equal(ours[0], logits[0])
+  seen = np.zeros((3, 20), bool)
+  np.put_along_axis(seen, context, True, axis=1)
+  counts = rng.integers(0, 3, size=(3, 20))
+  repetition, presence, frequency = np.array([1.7, 1.0, 1.0]), np.array([0.0, 0.5, 0.0]), np.array([0.0, 0.0, 0.8])
+  ours = np.asarray(S.apply_penalties_per_row(jnp.asarray(logits), seen, counts, repetition.astype(np.float32),
+                                              presence.astype(np.float32), frequency.astype(np.float32)))
+  hf = logits_process.RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor(context[:1]), torch.tensor(logits[:1]))
+  np.testing.assert_allclose(ours[0], hf.numpy()[0], rtol=1e-6)
+  np.testing.assert_allclose(ours[1], logits[1] - 0.5 * (counts[1] > 0), rtol=1e-6)  # OpenAI's presence penalty.
+  np.testing.assert_allclose(ours[2], logits[2] - 0.8 * counts[2], rtol=1e-6)  # And frequency penalty.
+  off = S.apply_penalties_per_row(jnp.asarray(logits), seen, counts, np.ones(3, np.float32), np.zeros(3, np.float32),
+                                  np.zeros(3, np.float32))
+  np.testing.assert_array_equal(off, logits)
 
 
-# ----- The loop with hand-written models of known behaviour. ---------------------------------------------------------
-
-
-def _fixed_logits(logits_V, tokens_BL, mask_BL, cache):
-  """A 'model' whose next-token distribution is always softmax(logits_V): every step is an independent draw."""
-  return jnp.broadcast_to(logits_V, (tokens_BL.shape[0], logits_V.shape[0])), cache
-
-
-def _counting(vocab_V, tokens_BL, mask_BL, cache):
-  """A 'model' that surely predicts (last token + 1) mod V."""
-  V = vocab_V.shape[0]
-  return 20.0 * jax.nn.one_hot((tokens_BL[:, -1] + 1) % V, V), cache
+# ----- Draws: the distributions the settings define. -------------------------------------------------------------
 
 
 def _truncated_softmax(logits, temperature, top_k, top_p):
@@ -96,12 +93,15 @@ def _truncated_softmax(logits, temperature, top_k, top_p):
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 3, 1.0), (1.0, 0, 0.7), (2.0, 6, 0.8)])
 def test_sample_frequencies_match_the_truncated_softmax(temperature, top_k, top_p):
   logits = np.log(np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02], np.float32))
-  batch, steps = 1000, 8
-  prompt = np.zeros((batch, 1), np.int32)
-  keys = jax.random.split(jax.random.key(0), batch)
-  result = S.decode(_fixed_logits, jnp.asarray(logits), jnp.zeros(()), prompt, prompt >= 0, keys, steps,
-                    S.SamplingParams(temperature, top_k, top_p))
-  counts = np.bincount(result.tokens_BN.ravel(), minlength=8)
+  draws = 8000
+  # Half the rows are greedy: they must not change the other rows' distribution.
+  temperature_B = np.where(np.arange(draws) % 2 == 0, temperature, 0.0).astype(np.float32)
+  keys = jax.random.split(jax.random.key(0), draws)
+  tokens = np.asarray(jax.jit(S.choose_tokens_per_row)(
+      keys, jnp.broadcast_to(jnp.asarray(logits), (draws, 8)), temperature_B, np.full(draws, top_k, np.int32),
+      np.full(draws, top_p, np.float32)))
+  assert np.all(tokens[1::2] == 0)
+  counts = np.bincount(tokens[0::2], minlength=8)
   expected = _truncated_softmax(logits, temperature, top_k, top_p)
   assert counts[expected == 0].sum() == 0, (counts, expected)
   kept = expected > 0
@@ -113,56 +113,40 @@ def test_sample_frequencies_match_the_truncated_softmax(temperature, top_k, top_
   assert p_wrong < 1e-6
 
 
-def test_stop_sequences_end_each_row_on_its_own():
-  V = 16
-  prompt = np.array([[0, 0], [0, 3], [0, 7], [0, 4]], np.int32)
-  mask = np.array([[False, True]] * 4)
-  stops = S.stop_array([[[4, 5]], [], [[9], [12, 13]], [[4, 5]]])
-  result = S.decode(_counting, jnp.zeros(V), jnp.zeros(()), prompt, mask, jax.random.split(jax.random.key(0), 4),
-                    6, S.SamplingParams(temperature=0), stops)
-  rows = [result.tokens_BN[b, :n].tolist() for b, n in enumerate(result.num_tokens_B)]
-  assert rows == [[1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9], [8, 9], [5, 6, 7, 8, 9, 10]]
-  # Row 3's prompt ends in 4: a stop sequence counts only inside the generated tokens.
-  assert result.stopped_B.tolist() == [True, False, True, False]
+def test_stop_sequences_match_only_complete_generated_sequences():
+  stops = np.stack([S.stop_sequences_array([(4, 5)]), S.stop_sequences_array([]),
+                    S.stop_sequences_array([(9,), (12, 13)])])
+  window = np.full((3, S.MAX_STOP_LENGTH), -1, np.int32)
+  window[:, -2:] = [[4, 5], [4, 5], [12, 9]]
+  assert np.asarray(S.ends_with_stop(window, stops)).tolist() == [True, False, True]
+  window[:, -2:] = [[-1, 5], [0, 0], [13, 12]]
+  assert np.asarray(S.ends_with_stop(window, stops)).tolist() == [False, False, False]
 
 
-def test_stream_steps_equal_the_one_program_loop():
-  logits = jnp.log(jnp.arange(1, 9, dtype=jnp.float32))
-  prompt = np.zeros((3, 2), np.int32)
-  keys = jax.random.split(jax.random.key(5), 3)
-  stops = S.stop_array([[[7]], [[7]], [[7]]])
-  whole = S.decode(_fixed_logits, logits, jnp.zeros(()), prompt, prompt >= 0, keys, 12, S.SamplingParams(), stops)
-  steps = list(S.decode_stream(_fixed_logits, logits, jnp.zeros(()), prompt, prompt >= 0, keys, 12,
-                               S.SamplingParams(), stops))
-  tokens = np.stack([t for t, _, _ in steps], axis=1)
-  live = np.stack([l for _, l, _ in steps], axis=1)
-  for b in range(3):
-    n = whole.num_tokens_B[b]
-    assert live[b].sum() == n
-    np.testing.assert_array_equal(tokens[b, :n], whole.tokens_BN[b, :n])
-  assert len(steps) == whole.num_tokens_B.max()
-
-
-# ----- The loop with the real model. ---------------------------------------------------------------------------------
+# ----- The engine's decoding with the real model. ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("config", [TINY, TINY_GPT1_UNTIED], ids=["gpt2", "gpt1_untied_head"])
 def test_cached_logits_equal_full_forward_logits_at_every_step(config):
   lm = random_lm(config, scale=4.0)
-  lengths, P, N = [2, 5, 8], 8, 8
+  engine = E.Engine(lm, num_slots=4, max_length=24)
   rng = np.random.default_rng(0)
-  prompt = np.zeros((3, P), np.int32)
-  mask = np.zeros((3, P), bool)
-  for b, n in enumerate(lengths):
-    prompt[b, P - n:] = rng.integers(0, config.vocab_size, n)
-    mask[b, P - n:] = True
-  keys = jax.random.split(jax.random.key(1), 3)
-  result = S.decode(S.model_tokens_to_logits(config), lm.params, M.init_cache(config, 3, 24), prompt, mask, keys,
-                    N, S.SamplingParams(temperature=1.0), buffer_length=16, record_logits=True)
-  assert result.num_tokens_B.tolist() == [N] * 3
-  tokens = np.concatenate([prompt, result.tokens_BN[:, :N]], axis=1)
-  full = lm.logits(tokens, np.concatenate([mask, np.ones((3, N), bool)], axis=1))
-  np.testing.assert_allclose(result.logits_BNV[:, :N], full[:, P - 1:P + N - 1], atol=2e-5, rtol=0)
+  prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (2, 5, 8)]
+  scheduler = E.Scheduler(engine)
+  for i, prompt in enumerate(prompts):
+    scheduler.submit(i, prompt, S.SamplingSettings(temperature=1.0, seed=i, max_tokens=8, logprobs=S.MAX_TOP_LOGPROBS))
+  events = {i: [] for i in range(3)}
+  while scheduler.has_work():
+    for event in scheduler.step():
+      events[event.request_id].append(event)
+  for i, prompt in enumerate(prompts):
+    assert len(events[i]) == 8
+    full = np.asarray(jax.nn.log_softmax(lm.logits(prompt + [e.token_id for e in events[i]])[0], axis=-1))
+    for step, event in enumerate(events[i]):
+      row = full[len(prompt) - 1 + step]
+      ids = [t for t, _ in event.top_logprobs]
+      np.testing.assert_allclose([v for _, v in event.top_logprobs], row[ids], atol=2e-5)
+      np.testing.assert_allclose(event.logprob, row[event.token_id], atol=2e-5)
 
 
 def _hf_gpt2(vocab=61, context=32, seed=0):

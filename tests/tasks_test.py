@@ -245,3 +245,10 @@ def test_shipped_configs_describe_valid_tasks(name, task, kind):
   spec = T.TaskSpec.from_config(config.finetune)
   assert (spec.task, spec.kind) == (task, kind)
   assert config.finetune.train_data.startswith("tfds:") and config.finetune.lm_coef == 0.5  # GPT-1's lambda.
+  # One schema: the loop's sections hold the same fields as pre-training's, and every value is in range.
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from gptjax.train import schema  # pylint: disable=g-import-not-at-top
+  base = default.get_config()
+  for section in ("model", "opt", "train", "eval", "checkpoint", "mesh"):
+    assert set(config[section].keys()) == set(base[section].keys()), section
+  schema.check(config)

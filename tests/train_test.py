@@ -61,10 +61,12 @@ def test_the_documented_config_keys_exist():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_builds_a_consistent_run(name):
-  from gptjax import model as model_lib, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from gptjax import model as model_lib, sharding  # pylint: disable=g-import-not-at-top
+  from gptjax.train import loop, schema  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{name}").get_config()
   model_config = model_lib.ModelConfig.from_dict(config.model.to_dict())
   one_device = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  trainer._plan(config, model_config, one_device)  # pylint: disable=protected-access  (raises on inconsistency)
+  schema.check(config)  # Raises on a field out of range.
+  loop.check_mesh(config, one_device)  # And on a batch the mesh cannot split.
   if config.data.tokenizer.startswith("bpe:"):
     assert int(config.data.tokenizer[4:]) <= model_config.vocab_size

@@ -1,17 +1,16 @@
-"""Requests: prompts in, continuations out, on top of the model-agnostic loop in `gptjax/sampling.py`.
+"""The text layer of generation: requests validated and tokenised, stop strings, UTF-8-safe streaming text.
 
-`generate` and `stream` (behind `LanguageModel.generate` / `.stream`) validate the request, tokenise it, left-pad
-the rows to bucketed shapes (prompt slots, cache length and batch rounded up to powers of two, so that new prompt
-lengths reuse a compiled program), turn `<|endoftext|>` and stop sequences into per-row token stops, run the loop,
-and detokenise with `TextStream`, which never splits a UTF-8 character and holds back text that may begin a stop
-string.
+`prepare` (used by `LanguageModel.generate` / `.stream`, which run on `gptjax/inference/engine.py`) validates a
+request, tokenises it and turns `<|endoftext|>` and stop sequences into per-row token stops; `TextStream` (used by
+them and by the server) detokenises incrementally, never splits a UTF-8 character and holds back text that may begin
+a stop string.
 
 Stop sequences: a stop string is matched on the generated text (the output is cut before its first occurrence);
 its token encoding is also given to the loop, so that a row usually stops as soon as it is produced. Token-id stop
 sequences are matched on ids. Neither the stop sequence nor `<|endoftext|>` is part of the output.
 
-Random keys: the row of prompt i, sample j draws from `fold_in(fold_in(key(seed), i), j)` (see `row_keys`), so its
-samples depend on the seed, the prompt index and the sample index only, not on the other prompts or the buckets.
+Random keys: `LanguageModel.generate`'s row r (prompt r // num_samples, sample r % num_samples) is the engine's
+stream r of the seed, so its samples depend on the seed and the row only, not on the other rows or the buckets.
 """
 
 from __future__ import annotations
@@ -19,25 +18,12 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
-from typing import Iterator, Optional, Sequence, Union
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gptjax import sampling
-from gptjax.model import ModelConfig, init_cache
-from gptjax.sampling import SamplingParams
-
-
-def bucket_lengths(prompt_len: int, max_new_tokens: int, block_size: int) -> tuple[int, int]:
-  """Static (prompt slots, cache length) for a request: powers of two where the context allows.
-
-  Requires `prompt_len + max_new_tokens <= block_size`; guarantees prompt slots >= prompt_len and
-  cache length - prompt slots >= max_new_tokens.
-  """
-  total = min(block_size, sampling.bucket_size(prompt_len + max_new_tokens))
-  return min(sampling.bucket_size(prompt_len), total - max_new_tokens), total
+from gptjax.inference import sampling
+from gptjax.inference.sampling import SamplingParams
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -142,7 +128,7 @@ def _is_ids(x) -> bool:
       isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in x)
 
 
-def _prepare(lm, prompts, max_new_tokens, strategy: SamplingParams, seed, stop, num_samples, stop_at_eos,
+def prepare(lm, prompts, max_new_tokens, strategy: SamplingParams, seed, stop, num_samples, stop_at_eos,
              truncate_prompt) -> _Request:
   config, tokenizer = lm.config, lm.tokenizer
   strategy.validate(config.vocab_size)
@@ -200,19 +186,6 @@ def _prepare(lm, prompts, max_new_tokens, strategy: SamplingParams, seed, stop, 
                   num_samples=int(num_samples))
 
 
-@jax.jit
-def _row_keys(seed, prompt_index_R, sample_index_R):
-  fold = jax.vmap(jax.random.fold_in, in_axes=(0, 0))
-  keys_R = jnp.broadcast_to(jax.random.key(seed), prompt_index_R.shape)
-  return fold(fold(keys_R, prompt_index_R), sample_index_R)
-
-
-def row_keys(seed: int, prompt_index_R, sample_index_R) -> jax.Array:
-  """The key of each row: `fold_in(fold_in(key(seed), prompt index), sample index)`."""
-  return _row_keys(np.uint32(seed % 2**32), np.asarray(prompt_index_R, np.int32),
-                   np.asarray(sample_index_R, np.int32))
-
-
 def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tuple[list[list[int]], list[str]]]:
   """Normalises `stop` to, per prompt, (token-id sequences, stop strings)."""
 
@@ -232,6 +205,9 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
         strings.append(item)
         sequences.append(tokenizer.encode(item))
       elif _is_ids(item) and len(item):
+        if len(item) > sampling.MAX_STOP_LENGTH:
+          raise ValueError(f"{where}: a token-id stop sequence may hold at most {sampling.MAX_STOP_LENGTH} ids, got "
+                           f"{len(item)}")
         sequences.append([int(t) for t in item])
       else:
         raise ValueError(f"{where}: a stop must be a non-empty string or token-id list, got {item!r} (per-prompt "
@@ -245,7 +221,7 @@ def _stops_per_prompt(stop, num_prompts: int, text: bool, tokenizer) -> list[tup
   return [shared] * num_prompts
 
 
-def _strip_token_stop(ids: list[int], stops: Sequence[Sequence[int]]) -> list[int]:
+def strip_token_stop(ids: list[int], stops: Sequence[Sequence[int]]) -> list[int]:
   """`ids` without the stop sequence it ends with (the longest, which began first, when several match)."""
   for seq in sorted(stops, key=len, reverse=True):
     if seq and len(ids) >= len(seq) and ids[len(ids) - len(seq):] == list(seq):
@@ -253,95 +229,3 @@ def _strip_token_stop(ids: list[int], stops: Sequence[Sequence[int]]) -> list[in
   return ids
 
 
-def _batch_arrays(lm, request: _Request, max_new_tokens: int):
-  """Left-padded, bucketed arrays for a request; the batch is padded to a power of two with copies of row 0."""
-  R = len(request.rows)
-  B = sampling.bucket_size(R, 1)
-  longest = max(len(r) for r in request.rows)
-  P, T = bucket_lengths(longest, max_new_tokens, lm.config.block_size)
-  prompt_BP = np.zeros((B, P), np.int32)
-  mask_BP = np.zeros((B, P), bool)
-  for b in range(B):
-    row = request.rows[b if b < R else 0]
-    prompt_BP[b, P - len(row):] = row
-    mask_BP[b, P - len(row):] = True
-  # Padding rows repeat row 0, key included.
-  prompt_index_B, sample_index_B = np.divmod(np.where(np.arange(B) < R, np.arange(B), 0), request.num_samples)
-  keys_B = row_keys(request.seed, prompt_index_B, sample_index_B)
-  stops = request.token_stops + [request.token_stops[0]] * (B - R)
-  return prompt_BP, mask_BP, keys_B, sampling.stop_array(stops), _cache_shapes(lm.config, B, T), T - P
-
-
-@functools.lru_cache(maxsize=64)
-def _cache_shapes(config: ModelConfig, batch_size: int, max_length: int):
-  return jax.eval_shape(lambda: init_cache(config, batch_size, max_length))
-
-
-def _vocab_limit(lm) -> Optional[int]:
-  return None if lm.tokenizer is None else lm.tokenizer.vocab_size
-
-
-def generate(lm, prompts, max_new_tokens: int, strategy: SamplingParams = SamplingParams(), *, seed: int = 0,
-             stop=None, num_samples: int = 1, stop_at_eos: bool = True, truncate_prompt: bool = False,
-             return_finish_reasons: bool = False):
-  """`LanguageModel.generate` (see there). With `return_finish_reasons`, also returns 'stop' or 'length' per row."""
-  request = _prepare(lm, prompts, max_new_tokens, strategy, seed, stop, num_samples, stop_at_eos, truncate_prompt)
-  prompt_BP, mask_BP, keys_B, stop_BSL, cache, buffer_length = _batch_arrays(lm, request, max_new_tokens)
-  result = sampling.decode(sampling.model_tokens_to_logits(lm.config), lm.params, cache, prompt_BP, mask_BP, keys_B,
-                           max_new_tokens, strategy, stop_BSL, buffer_length=buffer_length,
-                           vocab_limit=_vocab_limit(lm))
-  outputs, reasons = [], []
-  for r, row in enumerate(request.rows):
-    ids = result.tokens_BN[r, :result.num_tokens_B[r]].tolist()
-    stopped = bool(result.stopped_B[r])
-    if stopped:
-      ids = _strip_token_stop(ids, request.token_stops[r])
-    if request.text:
-      stream = TextStream(lm.tokenizer, row, request.string_stops[r])
-      outputs.append(stream.push(ids) + stream.finish())
-      stopped = stopped or stream.stopped
-    else:
-      outputs.append(ids)
-    reasons.append("stop" if stopped else "length")
-  return (outputs, reasons) if return_finish_reasons else outputs
-
-
-def stream(lm, prompt, max_new_tokens: int, strategy: SamplingParams = SamplingParams(), *, seed: int = 0,
-           stop=None, stop_at_eos: bool = True, truncate_prompt: bool = False) -> Iterator[Union[str, list[int]]]:
-  """`LanguageModel.stream` (see there): the first sample of `generate([prompt], ...)`, piece by piece."""
-  request = _prepare(lm, None if prompt is None else [prompt], max_new_tokens, strategy, seed,
-                     None if stop is None else [stop], 1, stop_at_eos, truncate_prompt)
-  prompt_BP, mask_BP, keys_B, stop_BSL, cache, buffer_length = _batch_arrays(lm, request, max_new_tokens)
-  token_stops = request.token_stops[0]
-  # A multi-token stop sequence is recognised only once complete: hold back enough tokens to strip it then.
-  hold = max([len(s) for s in token_stops] + [1]) - 1
-  text = TextStream(lm.tokenizer, request.rows[0], request.string_stops[0]) if request.text else None
-  pending: list[int] = []
-  steps = sampling.decode_stream(sampling.model_tokens_to_logits(lm.config), lm.params, cache, prompt_BP, mask_BP,
-                                 keys_B, max_new_tokens, strategy, stop_BSL, buffer_length=buffer_length,
-                                 vocab_limit=_vocab_limit(lm))
-  for token_B, _, done_B in steps:
-    pending.append(int(token_B[0]))
-    if done_B[0]:
-      pending = _strip_token_stop(pending, token_stops)
-      release, pending = pending, []
-    else:
-      release, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
-    if text is None:
-      if release:
-        yield release
-    else:
-      piece = text.push(release)
-      if piece:
-        yield piece
-      if text.stopped:
-        return
-    if done_B[0]:
-      break
-  if text is None:
-    if pending:
-      yield pending
-  else:
-    piece = text.push(pending) + text.finish()
-    if piece:
-      yield piece

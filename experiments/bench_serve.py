@@ -1,0 +1,269 @@
+"""Serving under load: Poisson arrivals against `python -m gptjax.serve`, next to a one-request-at-a-time peer.
+
+    python experiments/bench_serve.py                        # GPT-2 small shape and the quickstart shape
+    python experiments/bench_serve.py --models=small --num_requests=24     # a quick one
+
+For each model (random weights, saved as a Hugging Face folder with a byte-level BPE tokenizer trained on this
+repository's sources), one trace per arrival rate: `--num_requests` requests with exponential inter-arrival times
+(rate `inf`: all at once, the saturated case), random prompt token ids of 1/4 to 1/2 of `--max_prompt` tokens,
+`--max_tokens` greedy tokens each with `ignore_eos` (every request costs the same on every system). The same traces
+are served by:
+  - gptjax, 8 slots: `python -m gptjax.serve --num_slots=8`, streamed completions over HTTP (httpx, SSE);
+  - gptjax, 1 slot: the same server with `--num_slots=1`, so requests are served one at a time;
+  - HF: one request at a time, in this process, through `transformers` `generate` (greedy, same weights), in arrival
+    order, each starting when it has arrived and the previous one is done.
+Per system and rate: time to first token (TTFT), time per output token after the first (TPOT), end-to-end latency
+(arrival to last token), at p50 and p99, and output tokens/s = all output tokens / (last finish - first arrival).
+Servers run one after the other, never at once.
+
+Measured on the development machine (2 CPU cores shared with ~6 other jobs, load average shown in the output;
+jax 0.10.2 CPU, torch 2.13 CPU, float32). Rough: the load changed during the run.
+
+  (table filled in by the run recorded below)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_MODELS = flags.DEFINE_list("models", ["gpt2_small", "small"], "Model shapes: gpt2_small, small (quickstart's).")
+_NUM_REQUESTS = flags.DEFINE_integer("num_requests", None, "Requests per trace (default: per model).")
+_RATES = flags.DEFINE_list("rates", None, "Arrival rates in requests/s, 'inf' = all at once (default: per model).")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 32, "Tokens generated per request.")
+_NUM_SLOTS = flags.DEFINE_integer("num_slots", 8, "Slots of the batched server.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "The servers' --max_length (tokens per slot).")
+# 1, as bench_decode.py found: with torch's default 2 threads on the shared 2-core CPU, HF ran 5-30x slower.
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the HF peer.")
+_SYSTEMS = flags.DEFINE_list("systems", ["gptjax", "gptjax-1", "hf"], "Which systems to run.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the traces and the weights.")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# name -> (GPT-2 shape, requests per trace, default rates, longest prompt).
+SHAPES = {
+    "gpt2_small": (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024), 16,
+                   ["0.5", "2", "inf"], 64),
+    "small": (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=2048, n_positions=128), 48, ["4", "16", "inf"], 64),
+}
+
+
+def _save_model(name: str, folder: pathlib.Path, seed: int):
+  """A random-weights GPT-2 of the named shape and a BPE tokenizer, saved where `gptjax.load` and HF read it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from gptjax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  shape = SHAPES[name][0]
+  torch.manual_seed(seed)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()
+  model.save_pretrained(folder)
+  sources = [p.read_text() for p in sorted((ROOT / "gptjax").rglob("*.py"))]
+  tokenizer = tokenizer_lib.train_bpe(sources, min(2048, shape["vocab_size"]))
+  tokenizer.save(folder)
+  return model, tokenizer
+
+
+def _trace(rate: float, num_requests: int, vocab: int, max_prompt: int, rng):
+  """(arrival time s, prompt ids) per request; rate inf = all at t = 0."""
+  gaps = [0.0] * num_requests if rate == float("inf") else rng.exponential(1 / rate, num_requests).tolist()
+  arrivals, t = [], 0.0
+  for gap in gaps:
+    t += gap
+    arrivals.append(t)
+  lengths = rng.integers(max_prompt // 4, max_prompt // 2 + 1, num_requests)
+  return [(a, rng.integers(0, vocab, n).tolist()) for a, n in zip(arrivals, lengths)]
+
+
+def _percentile(values, q):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _summary(records, max_tokens):
+  """records: (arrival, first token, last token, tokens) in absolute seconds."""
+  ttft = [f - a for a, f, _, _ in records]
+  tpot = [(l - f) / (n - 1) for _, f, l, n in records if n > 1]
+  e2e = [l - a for a, _, l, _ in records]
+  span = max(l for _, _, l, _ in records) - min(a for a, _, _, _ in records)
+  tokens = sum(n for *_, n in records)
+  assert all(n == max_tokens for *_, n in records), [n for *_, n in records]
+  return dict(ttft50=_percentile(ttft, 50), ttft99=_percentile(ttft, 99), tpot50=_percentile(tpot, 50),
+              tpot99=_percentile(tpot, 99), e2e50=_percentile(e2e, 50), e2e99=_percentile(e2e, 99),
+              tokens_per_s=tokens / span)
+
+
+class _Server:
+  """`python -m gptjax.serve` on a free loopback port, ready when this returns."""
+
+  def __init__(self, folder: pathlib.Path, num_slots: int, log_path: pathlib.Path):
+    import httpx  # pylint: disable=g-import-not-at-top
+    port_file = log_path.with_suffix(".port")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    self._log = open(log_path, "wb")
+    self.process = subprocess.Popen(
+        [sys.executable, "-m", "gptjax.serve", f"--model={folder}", "--model_name=bench", "--port=0",
+         f"--port_file={port_file}", f"--num_slots={num_slots}", "--max_queue=4096",
+         f"--max_length={_MAX_LENGTH.value}"],
+        stdout=self._log, stderr=subprocess.STDOUT, env=env)
+    start = time.perf_counter()
+    while True:
+      if self.process.poll() is not None:
+        raise RuntimeError(f"server exited: {log_path.read_text()}")
+      if port_file.exists():
+        self.root = f"http://127.0.0.1:{int(port_file.read_text())}"
+        try:
+          if httpx.get(self.root + "/health").status_code == 200:
+            break
+        except httpx.HTTPError:
+          pass
+      if time.perf_counter() - start > 1800:
+        raise RuntimeError("server not ready in 30 minutes")
+      time.sleep(0.2)
+    self.ready_seconds = time.perf_counter() - start
+
+  def metrics(self) -> dict:
+    import httpx  # pylint: disable=g-import-not-at-top
+    return httpx.get(self.root + "/metrics").json()
+
+  def close(self):
+    self.process.terminate()
+    self.process.wait()
+    self._log.close()
+
+
+async def _serve_trace(root: str, trace, max_tokens: int):
+  import httpx  # pylint: disable=g-import-not-at-top
+  limits = httpx.Limits(max_connections=len(trace) + 8, max_keepalive_connections=len(trace) + 8)
+  async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=limits) as client:
+    start = time.perf_counter()
+
+    async def one(arrival, prompt):
+      await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
+      sent = time.perf_counter()
+      body = dict(model="bench", prompt=prompt, max_tokens=max_tokens, temperature=0, ignore_eos=True, stream=True,
+                  stream_options={"include_usage": True})
+      first = last = None
+      tokens = 0
+      async with client.stream("POST", root + "/v1/completions", json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+          if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+          chunk = json.loads(line[len("data: "):])
+          now = time.perf_counter()
+          if chunk.get("choices"):
+            first = first or now
+            last = now
+          if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+      return sent, first, last, tokens
+
+    return await asyncio.gather(*[one(a, p) for a, p in trace])
+
+
+def _hf_trace(model, trace, max_tokens: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  class Clock(transformers.generation.streamers.BaseStreamer):
+    def __init__(self):
+      self.times = []
+
+    def put(self, value):
+      self.times.append(time.perf_counter())
+
+    def end(self):
+      pass
+
+  records = []
+  start = time.perf_counter()
+  for arrival, prompt in trace:
+    time.sleep(max(0.0, start + arrival - time.perf_counter()))
+    clock = Clock()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+      model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_tokens,
+                     min_new_tokens=max_tokens, pad_token_id=0, streamer=clock)
+    times = clock.times[1:]  # The first put is the prompt.
+    records.append((start + arrival, times[0], times[-1], len(times)))
+  return records
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import logging  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  logging.getLogger("httpx").setLevel(logging.WARNING)  # A line per request would bury the table.
+  torch.set_num_threads(_TORCH_THREADS.value)
+  max_tokens = _MAX_TOKENS.value
+  print(f"bench_serve: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start (the CPU is shared "
+        "with other jobs: figures are rough); "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; {max_tokens} greedy tokens per request")
+  for name in _MODELS.value:
+    if name not in SHAPES:
+      raise app.UsageError(f"--models: unknown {name!r}; known: {sorted(SHAPES)}")
+    shape, default_n, default_rates, max_prompt = SHAPES[name]
+    num_requests = _NUM_REQUESTS.value or default_n
+    rates = [float(r) for r in (_RATES.value or default_rates)]
+    with tempfile.TemporaryDirectory() as tmp:
+      folder = pathlib.Path(tmp) / name
+      model, tokenizer = _save_model(name, folder, _SEED.value)
+      rng = np.random.default_rng(_SEED.value)
+      traces = {r: _trace(r, num_requests, tokenizer.vocab_size, max_prompt, rng) for r in rates}
+      print(f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters {shape}; "
+            f"{num_requests} requests per trace, prompts of {max_prompt // 4}-{max_prompt // 2} tokens")
+      results = {}
+      for system in _SYSTEMS.value:
+        if system == "hf":
+          _hf_trace(model, traces[rates[0]][:1], max_tokens)  # Warm-up (first-call overhead).
+          for rate in rates:
+            results[system, rate] = _summary(_hf_trace(model, traces[rate], max_tokens), max_tokens)
+          continue
+        slots = _NUM_SLOTS.value if system == "gptjax" else 1
+        server = _Server(folder, slots, pathlib.Path(tmp) / f"{system}.log")
+        try:
+          before = server.metrics()["trace_counts"]
+          for rate in rates:
+            records = asyncio.run(_serve_trace(server.root, traces[rate], max_tokens))
+            results[system, rate] = _summary(records, max_tokens)
+          after = server.metrics()["trace_counts"]
+          print(f"  {system}: ready (loaded, warmed up) in {server.ready_seconds:.1f}s; compiles during the "
+                f"traces: {sum(after.values()) - sum(before.values())}")
+        finally:
+          server.close()
+      _print_table(name, results, rates)
+  print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+def _print_table(name, results, rates):
+  labels = {"gptjax": f"gptjax {_NUM_SLOTS.value} slots", "gptjax-1": "gptjax 1 slot", "hf": "HF generate, 1 at a time"}
+  print(f"  {'system':<26} {'rate/s':>6} | {'TTFT ms p50 / p99':>19} | {'TPOT ms p50 / p99':>19} | "
+        f"{'E2E s p50 / p99':>17} | {'out tok/s':>9}")
+  for system in _SYSTEMS.value:
+    for rate in rates:
+      r = results[system, rate]
+      print(f"  {labels[system]:<26} {rate:>6g} | {r['ttft50'] * 1e3:>8.0f} / {r['ttft99'] * 1e3:>8.0f} | "
+            f"{r['tpot50'] * 1e3:>8.1f} / {r['tpot99'] * 1e3:>8.1f} | {r['e2e50']:>7.2f} / {r['e2e99']:>7.2f} | "
+            f"{r['tokens_per_s']:>9.1f}")
+  top = max(rates)
+  if ("gptjax", top) in results:
+    for other in ("gptjax-1", "hf"):
+      if (other, top) in results:
+        ratio = results["gptjax", top]["tokens_per_s"] / results[other, top]["tokens_per_s"]
+        print(f"  {name} at rate {top:g}: gptjax {_NUM_SLOTS.value} slots / {labels[other]} = {ratio:.2f}x "
+              "output tokens/s")
+
+
+if __name__ == "__main__":
+  app.run(main)
