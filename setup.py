@@ -67,7 +67,9 @@ setuptools.setup(
     name="gptjax",
     version="0.1.0",
     description="GPT-1 and GPT-2 in JAX/Flax: train, fine-tune, probe and serve.",
-    packages=setuptools.find_packages(include=["gptjax", "gptjax.*"]) + ["gptjax.configs"],
+    # Namespace packages too: gptjax/inference has no __init__.py. static/ is data (package_data below).
+    packages=setuptools.find_namespace_packages(
+        include=["gptjax", "gptjax.*"], exclude=["*.static", "*.static.*", "*__pycache__*"]) + ["gptjax.configs"],
     # The top-level configs/ ships inside the package as gptjax.configs, so an installed gptjax can name them
     # (`--config gptjax:gpt2_small`); in a checkout gptjax/config_files.py finds configs/ itself.
     package_dir={"gptjax.configs": "configs"},
