@@ -39,7 +39,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # `hf:<dataset>` data sources (configs/gpt2_small.py reads FineWeb-Edu through it).
     "datasets": ["datasets>=2.19"],
-    # `lm_eval --model gptjax ...` (gptjax/lm_eval_adapter.py, registered by the entry point below).
+    # `gptjax lm_eval --model gptjax ...` (gptjax/lm_eval_adapter.py; lm-eval has no plugin entry points).
     "eval": ["lm-eval>=0.4.13"],
     # `tensorboard --logdir <workdir>/tensorboard`.
     "tensorboard": ["tensorboard"],
@@ -67,7 +67,9 @@ setuptools.setup(
     name="gptjax",
     version="0.1.0",
     description="GPT-1 and GPT-2 in JAX/Flax: train, fine-tune, probe and serve.",
-    packages=setuptools.find_packages(include=["gptjax", "gptjax.*"]) + ["gptjax.configs"],
+    # Namespace packages too: gptjax/inference has no __init__.py. static/ is data (package_data below).
+    packages=setuptools.find_namespace_packages(
+        include=["gptjax", "gptjax.*"], exclude=["*.static", "*.static.*", "*__pycache__*"]) + ["gptjax.configs"],
     # The top-level configs/ ships inside the package as gptjax.configs, so an installed gptjax can name them
     # (`--config gptjax:gpt2_small`); in a checkout gptjax/config_files.py finds configs/ itself.
     package_dir={"gptjax.configs": "configs"},
@@ -76,8 +78,5 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={
-        "console_scripts": ["gptjax = gptjax.cli:main"],
-        "lm_eval.models": ["gptjax = gptjax.lm_eval_adapter:GptjaxLM"],
-    },
+    entry_points={"console_scripts": ["gptjax = gptjax.cli:main"]},
 )

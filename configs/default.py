@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The corpus (gptjax/data.py): tokenised once into a cached token file per split.
   config.data = ml_collections.ConfigDict()
-  config.data.source = "builtin:python"  # 'builtin:python' (offline), 'text:<glob>', 'tfds:<name>', 'hf:<owner>/<name>'.
+  config.data.source = "builtin:python"  # 'builtin:python' (offline), 'text:<glob>', 'tfds:<name>', 'hf:<owner>/<name>'
   config.data.tokenizer = "gpt2"  # 'char', 'bpe:<vocab size>' (trained on the corpus), or a tokenizer name / folder.
   config.data.val_fraction = 0.1  # Share held out for validation when the source has no validation split.
   config.data.cache_dir = ""  # Token files; '' = ~/.cache/gptjax/tokens.

@@ -17,8 +17,10 @@ COMMANDS = {
     "train": ("gptjax.train", "Train or fine-tune from a config: gptjax train --config gptjax:tiny --workdir DIR"),
     "sample": ("gptjax.sample", "Print samples: gptjax sample --model DIR --start 'Once upon a time'"),
     "evaluate": ("gptjax.evaluate", "Perplexity, bits per byte, LAMBADA, multiple choice: gptjax evaluate --model DIR"),
-    "predict": ("gptjax.predict", "A fine-tuned model's predictions on a data file: gptjax predict --model DIR --data F"),
+    "predict": ("gptjax.predict", "Predictions of a fine-tuned model: gptjax predict --model DIR --data FILE"),
     "serve": ("gptjax.serve", "OpenAI-compatible HTTP server (and the explorer page): gptjax serve --model DIR"),
+    "lm_eval": ("gptjax.lm_eval_adapter",
+                "lm-evaluation-harness: gptjax lm_eval --model gptjax --model_args pretrained=DIR --tasks T"),
 }
 
 

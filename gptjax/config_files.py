@@ -117,8 +117,9 @@ class _Parser(flags.ArgumentParser):
     return "config object"
 
 
-def DEFINE_config_file(name: str, help_string: str = "Config file.", *, lock_config: bool = True,  # pylint: disable=invalid-name
-                       flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+def DEFINE_config_file(  # pylint: disable=invalid-name  (named as ml_collections' function it wraps)
+    name: str, help_string: str = "Config file.", *, lock_config: bool = True,
+    flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
   """ml_collections' `config_flags.DEFINE_config_file` (with its `--name.a.b=value` overrides) reading `load`'s specs.
 
   Args:

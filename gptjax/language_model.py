@@ -253,6 +253,23 @@ class LanguageModel:
     return heads.choose(self, context, choices, probabilities=probabilities)
   # ---- end of fine-tuned task heads ------------------------------------------------------------------------------
 
+  # ---- Hugging Face Hub (gptjax/hub.py) ---------------------------------------------------------------------------
+  workdir = None  # The gptjax run folder `load` read it from, if any: its model card states that run's config.
+
+  def push_to_hub(self, repo_id: str, **options) -> str:
+    """Uploads the model (Hugging Face layout) with a model card stating how it was trained; see `gptjax.hub`.
+
+    Args:
+      repo_id: `<user or org>/<name>`.
+      **options: `workdir`, `private`, `token`, `commit_message` of `gptjax.hub.push_to_hub`.
+
+    Returns:
+      The URL of the commit. Raises RuntimeError, saying why, when the Hub cannot be reached.
+    """
+    from gptjax import hub  # pylint: disable=g-import-not-at-top
+    return hub.push_to_hub(self, repo_id, **options)
+  # ---- end of Hugging Face Hub ------------------------------------------------------------------------------------
+
 
 def _load_tokenizer_if_present(directory: pathlib.Path):
   names = ("tokenizer.json", "vocab.json")
@@ -279,7 +296,9 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
     from gptjax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only when needed)
     if checkpoint.is_workdir(path):
       config, params, _ = checkpoint.load_workdir(path)
-      return LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
+      model = LanguageModel(config, params, _load_tokenizer_if_present(path / checkpoint.TOKENIZER_DIR))
+      model.workdir = path  # For push_to_hub's model card (gptjax/hub.py).
+      return model
   # --- end of gptjax run folders. ---
   if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir (gptjax.finetune): its best model.
     path = path / "best"

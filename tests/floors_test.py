@@ -24,7 +24,10 @@ CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() 
 
 # Run inside the floors environment, from a folder outside the checkout.
 _CHECK_MODEL = r"""
+import importlib
 import sys
+for module in sys.argv[3].split(","):  # Every module of the checkout is in the installed package.
+  importlib.import_module(module)
 import tensorflow_datasets as tfds
 import gptjax
 from gptjax import data
@@ -114,5 +117,11 @@ def test_lowest_allowed_versions_train_resume_and_sample(tmp_path):
   assert lines[-1]["step"] == 4 and 0 < lines[-1]["train_loss"] < 10
   sample = _run([gptjax, "sample", "--model", workdir, "--start", "def ", "--max_new_tokens", "4"], cwd=work)
   assert sample.startswith("def ")
-  checked = _run([python, "-c", _CHECK_MODEL, workdir, work / f"saved-{uuid.uuid4().hex}"], cwd=work)
+  # The lm-eval adapter needs the `eval` extra, which the floors leave out; sample and predict define absl flags
+  # at import (both a --model), so they are run as commands above instead.
+  paths = [p.relative_to(ROOT).with_suffix("").parts for p in (ROOT / "gptjax").rglob("*.py")
+           if p.stem not in ("__main__", "lm_eval_adapter", "sample", "predict")]
+  modules = sorted(".".join(parts[:-1] if parts[-1] == "__init__" else parts) for parts in paths)
+  checked = _run([python, "-c", _CHECK_MODEL, workdir, work / f"saved-{uuid.uuid4().hex}", ",".join(modules)],
+                 cwd=work)
   assert "generated: True" in checked and "tfds tokens:" in checked
