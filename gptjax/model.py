@@ -236,8 +236,12 @@ class CausalSelfAttention(nn.Module):
       out_BHLK = jnp.einsum("BHLS,BHSK->BHLK", probs_BHLS.astype(dtype), v_BSHK.transpose(0, 2, 1, 3))
       out_BLHK = out_BHLK.transpose(0, 2, 1, 3)
     else:
+      # Without padding or a cache the mask is the causal triangle: say so (is_causal) rather than pass it, which
+      # lets cuDNN's flash kernel skip the masked half and never read an L x S mask from memory.
+      causal_only = key_valid_BS is None and not cfg.decode
       out_BLHK = jax.nn.dot_product_attention(
-          q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS, implementation=cfg.attention_impl)
+          q_BLHK, k_BSHK, v_BSHK, mask=None if causal_only else mask_B1LS, is_causal=causal_only,
+          implementation=cfg.attention_impl)
 
     # HF's c_proj is (D, D) with rows ordered (head, head_dim): reshaped to (H, K, D) here.
     return nn.DenseGeneral(
