@@ -42,6 +42,7 @@ _ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 _DTYPES = ("float32", "bfloat16", "float16")
+_ATTENTION_IMPLS = (None, "einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ class ModelConfig:
     init_std: Standard deviation of the normal initialiser (0.02 in both papers).
     dtype: Compute dtype for matmuls ('float32' or 'bfloat16'); softmax, LayerNorm and logits stay float32.
     param_dtype: Storage dtype of parameters.
-    attention_impl: Passed to `jax.nn.dot_product_attention` (None lets JAX choose, 'xla', 'cudnn').
+    attention_impl: 'einsum' (our own masked softmax), or passed to `jax.nn.dot_product_attention` ('xla',
+      'cudnn'); None chooses: 'einsum' on CPUs, `jax.nn.dot_product_attention`'s own choice elsewhere.
     remat: Rematerialise each block in the backward pass (saves activation memory).
     decode: Decoding mode: a `'cache'` collection holds past keys and values.
   """
@@ -109,6 +111,8 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    if self.attention_impl not in _ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl must be one of {_ATTENTION_IMPLS}, got {self.attention_impl!r}")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -172,6 +176,15 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
                       bias_init=_zeros(("norm",)), name=name)
 
 
+def _einsum_attention(impl: Optional[str]) -> bool:
+  """Whether attention runs our own masked softmax rather than `jax.nn.dot_product_attention`.
+
+  'einsum' always; None (auto) on CPUs, where it is the faster of the two (see `CausalSelfAttention`); 'xla' and
+  'cudnn' never (they go to `jax.nn.dot_product_attention`, whose cuDNN kernel is the fast one on GPUs).
+  """
+  return impl == "einsum" or (impl is None and jax.default_backend() == "cpu")
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with an optional prefill-capable key/value cache."""
 
@@ -183,7 +196,8 @@ class CausalSelfAttention(nn.Module):
 
     Args:
       x_BLD: Inputs in the compute dtype.
-      valid_BL: bool; False marks padding, which no query may attend to.
+      valid_BL: bool; False marks padding, which no query may attend to. None: no padding (never when
+        decoding: the cache records which slots are valid).
       deterministic: Disables attention dropout.
       head_keep_H: Optional per-head multipliers of the heads' outputs before `c_proj` (0 ablates a head).
 
@@ -209,21 +223,34 @@ class CausalSelfAttention(nn.Module):
       k_BSHK, v_BSHK, key_valid_BS, query_slot_BL = k_BLHK, v_BLHK, valid_BL, jnp.arange(L)[None]
     S = k_BSHK.shape[1]
     causal_BLS = jnp.arange(S)[None, None, :] <= query_slot_BL[:, :, None]
-    mask_B1LS = causal_BLS[:, None] & key_valid_BS[:, None, None, :]
+    mask_B1LS = causal_BLS[:, None]
+    if key_valid_BS is not None:
+      mask_B1LS = mask_B1LS & key_valid_BS[:, None, None, :]
 
     use_dropout = not deterministic and cfg.attention_dropout_rate > 0.0
-    if use_dropout or self.is_mutable_collection("intermediates"):
-      # Explicit path: attention dropout, or probabilities kept for probing (`mutable=['intermediates']`).
-      logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK,
-                               preferred_element_type=jnp.float32) / math.sqrt(K)
+    probe = self.is_mutable_collection("intermediates")
+    if use_dropout or probe or _einsum_attention(cfg.attention_impl):
+      # Our own masked softmax: attention dropout, probabilities kept for probing (`mutable=['intermediates']`),
+      # and the CPU default. jax.nn.dot_product_attention's XLA path adds a grouped-heads axis, five-dimensional
+      # transposes and a broadcast mask whose backward costs the CPU ~4x the attention's FLOPs; these three
+      # head-major batched matmuls do not. Scaling q (L x K) rather than the scores (L x S) saves a pass.
+      q_BHLK = (q_BLHK * jnp.asarray(1.0 / math.sqrt(K), q_BLHK.dtype)).transpose(0, 2, 1, 3)
+      logits_BHLS = jnp.einsum("BHLK,BHSK->BHLS", q_BHLK, k_BSHK.transpose(0, 2, 1, 3),
+                               preferred_element_type=jnp.float32)
       logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
       probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
-      self.sow("intermediates", "attention_weights", probs_BHLS)
+      if probe:
+        self.sow("intermediates", "attention_weights", probs_BHLS)
       probs_BHLS = nn.Dropout(cfg.attention_dropout_rate)(probs_BHLS, deterministic=not use_dropout)
-      out_BLHK = jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS.astype(dtype), v_BSHK)
+      out_BHLK = jnp.einsum("BHLS,BHSK->BHLK", probs_BHLS.astype(dtype), v_BSHK.transpose(0, 2, 1, 3))
+      out_BLHK = out_BHLK.transpose(0, 2, 1, 3)
     else:
+      # Without padding or a cache the mask is the causal triangle: say so (is_causal) rather than pass it, which
+      # lets cuDNN's flash kernel skip the masked half and never read an L x S mask from memory.
+      causal_only = key_valid_BS is None and not cfg.decode
       out_BLHK = jax.nn.dot_product_attention(
-          q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS, implementation=cfg.attention_impl)
+          q_BLHK, k_BSHK, v_BSHK, mask=None if causal_only else mask_B1LS, is_causal=causal_only,
+          implementation=cfg.attention_impl)
 
     if head_keep_H is not None:
       out_BLHK = out_BLHK * head_keep_H.astype(out_BLHK.dtype)[:, None]
@@ -338,7 +365,11 @@ class GPT(nn.Module):
     B, L = tokens_BL.shape
     valid_BL = (jnp.ones((B, L), jnp.bool_) if attention_mask_BL is None
                 else jnp.asarray(attention_mask_BL).astype(jnp.bool_))
-    if positions_BL is None:
+    # Without padding (training) the attention mask is the causal triangle alone, a compile-time constant.
+    key_valid_BL = None if attention_mask_BL is None and not cfg.decode else valid_BL
+    if positions_BL is None and key_valid_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    elif positions_BL is None:
       positions_BL = jnp.cumsum(valid_BL, axis=1, dtype=jnp.int32) - 1
       if cfg.decode:
         # Real tokens seen so far in each row: new positions continue from there.
@@ -362,7 +393,7 @@ class GPT(nn.Module):
     block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
     for i in range(cfg.num_layers):
       keep = None if ablation is None else (ablation["head"][i], ablation["attn"][i], ablation["mlp"][i])
-      x_BLD = block(cfg, name=f"h_{i}")(x_BLD, valid_BL, deterministic, keep)
+      x_BLD = block(cfg, name=f"h_{i}")(x_BLD, key_valid_BL, deterministic, keep)
       self.sow("hidden_states", "residual", x_BLD)
     if cfg.final_norm:
       x_BLD = layer_norm(cfg, "ln_f")(x_BLD).astype(dtype)

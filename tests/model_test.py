@@ -158,6 +158,7 @@ def test_attention_weights_can_be_probed():
     ("num_layers", 0, "num_layers must be a positive integer"),
     ("dtype", "float64", "dtype must be one of"),
     ("dropout_rate", 1.5, r"dropout_rate must be in \[0, 1\)"),
+    ("attention_impl", "flash", "attention_impl must be one of"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -178,3 +179,17 @@ def test_last_only_gives_the_last_positions_logits(config):
   last = M.GPT(config).apply({"params": params}, tokens, last_only=True)
   assert last.shape == (2, 1, config.vocab_size)
   np.testing.assert_allclose(last, full[:, -1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["causal", "padded"])
+def test_einsum_attention_equals_jax_dot_product_attention(mask):
+  """The CPU default (our masked softmax) and jax.nn.dot_product_attention give the same logits and gradients."""
+  params = _params(TINY)
+  tokens = jax.random.randint(jax.random.key(6), (2, 9), 0, TINY.vocab_size)
+  attention_mask = jnp.ones((2, 9), bool).at[1, :3].set(False) if mask else None
+  def loss(p, impl):
+    logits = M.GPT(dataclasses.replace(TINY, attention_impl=impl)).apply(
+        {"params": p}, tokens, attention_mask_BL=attention_mask)
+    return jnp.where(attention_mask[..., None], logits, 0).sum() if mask else logits.sum()
+  ours, reference = (jax.value_and_grad(loss)(params, impl) for impl in ("einsum", "xla"))
+  chex.assert_trees_all_close(ours, reference, atol=1e-4, rtol=1e-5)
