@@ -5,9 +5,9 @@
 
 For each batch size, both sides decode greedily (so they do the same work) from random prompts without padding:
   - tokens/s = batch * new_tokens / (wall time of one `generate` call, host overhead included);
-  - prefill = the forward passes over the prompts that fill the cache (gptjax: `Engine.prefill` of each prompt, as
-    `lm.generate` runs them before inserting them into the engine's slots; HF: the model called with
-    `use_cache=True` on the batch);
+  - prefill = one forward pass over the prompts that fills the cache (gptjax: `Engine.prefill_batch`, as
+    `lm.generate` runs it before inserting each row into a slot of the engine; HF: the model called with
+    `use_cache=True`);
   - per token = (t(new_tokens) - t(1)) / (new_tokens - 1), both sides' `generate` timed at the two lengths, i.e. the
     cost of one more step of the loop (feeding one token per row and choosing the next);
   - ratio = gptjax tokens/s / HF tokens/s.
@@ -144,12 +144,13 @@ def main(argv):
   for batch in map(int, _BATCH_SIZES.value):
     ids = np.random.default_rng(batch).integers(0, config.vocab_size, (batch, prompt_len))
     prompts = ids.tolist()
-    # The engine `lm.generate` sizes for this request; its prefill runs each prompt into a cache of its own.
+    # The engine `lm.generate` sizes for this request, and its prefill of the batch's prompts in one call.
     engine = engine_lib.engine_for(lm, batch, prompt_len, new_tokens)
     fns = {
         "ours_total": lambda: lm.generate(prompts, new_tokens, temperature=0, stop_at_eos=False),
         "ours_one": lambda: lm.generate(prompts, 1, temperature=0, stop_at_eos=False),
-        "ours_prefill": lambda: jax.block_until_ready([engine.prefill(p, settings).logits_V for p in prompts]),
+        "ours_prefill": lambda: jax.block_until_ready(
+            [p.logits_V for p in engine.prefill_batch(prompts, [settings] * batch)]),
     }
     if not _SKIP_HF.value:
       input_ids = torch.as_tensor(ids, device=torch_device)

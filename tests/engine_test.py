@@ -87,6 +87,19 @@ def test_a_request_joining_a_running_batch_gets_what_it_gets_alone(engine):
   assert _tokens(events["late"]) == _tokens(_alone(engine, late, dataclasses.replace(settings, seed=12)))
 
 
+def test_batched_prefill_fills_each_slot_as_its_own_prefill_does(engine):
+  prompts = _prompts(3, seed=4)
+  settings = S(temperature=0, max_tokens=8, logprobs=2)
+  scheduler = E.Scheduler(engine, batch_prefill=True)
+  for i, prompt in enumerate(prompts):
+    scheduler.submit(i, prompt, settings)
+  together = _run(scheduler, max_steps=8)
+  for i, prompt in enumerate(prompts):
+    alone = _alone(engine, prompt, settings)
+    assert _tokens(together[i]) == _tokens(alone)
+    np.testing.assert_allclose([e.logprob for e in together[i]], [e.logprob for e in alone], atol=1e-5)
+
+
 def test_the_same_seed_gives_the_same_tokens_alone_and_in_a_crowd(lm):
   engine = E.Engine(lm, num_slots=8, max_length=32)
   prompt, settings = [5, 9, 2], S(temperature=1.0, seed=42, stream_index=1, max_tokens=16)

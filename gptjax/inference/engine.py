@@ -164,8 +164,8 @@ def _empty_state(config: ModelConfig, num_slots: int, max_length: int) -> SlotSt
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
-def _insert_program(state: SlotState, prefix_cache, logits_V, tokens_P, mask_P, slot, settings: dict):
-  """Puts a prefilled request into `slot`: its cache row shifted so that the prompt starts at position 0."""
+def _insert_program(state: SlotState, prefix_cache, row, logits_V, tokens_P, mask_P, slot, settings: dict):
+  """Puts row `row` of a prefilled batch into `slot`: its cache shifted so that the prompt starts at position 0."""
   _TRACES["insert"] += 1
   P = tokens_P.shape[0]
   n = mask_P.sum(dtype=jnp.int32)
@@ -175,8 +175,8 @@ def _insert_program(state: SlotState, prefix_cache, logits_V, tokens_P, mask_P, 
     if name in ("cached_key", "cached_value", "cached_key_scale", "cached_value_scale"):  # (scales: int8 cache)
       # The prompt was left-padded to P: rolling by P - n moves its n tokens to the front; the padding after them
       # is marked invalid and overwritten by the generated tokens.
-      row = jnp.roll(prefix[0], -(P - n), axis=0)
-      return jax.lax.dynamic_update_slice_in_dim(slots, row[None].astype(slots.dtype), slot, axis=0)
+      shifted = jnp.roll(jax.lax.dynamic_index_in_dim(prefix, row, keepdims=False), -(P - n), axis=0)
+      return jax.lax.dynamic_update_slice_in_dim(slots, shifted[None].astype(slots.dtype), slot, axis=0)
     if name == "cached_valid":
       return slots.at[slot].set(jnp.arange(slots.shape[1]) < n)
     if name in ("index", "num_valid"):
@@ -320,13 +320,15 @@ class Score:
 
 @dataclasses.dataclass
 class Prefix:
-  """A prefilled request, ready for `Engine.insert`: its own cache (left-padded prompt) and next-token logits."""
+  """A prefilled request, ready for `Engine.insert`: row `row` of a prefill's cache (left-padded prompt) and its
+  next-token logits."""
   cache: Any
   logits_V: jax.Array
   tokens_P: np.ndarray
   mask_P: np.ndarray
   settings: SamplingSettings
   num_tokens: int
+  row: int = 0
 
 
 @dataclasses.dataclass
@@ -490,13 +492,25 @@ class Engine:
 
   def prefill(self, prompt_ids: Sequence[int], settings: SamplingSettings) -> Prefix:
     """Runs a prompt into a cache of its own (length bucketed: one compiled program per bucket)."""
-    self.check_request(prompt_ids, settings)
-    n = len(prompt_ids)
-    P = bucket(n, 8, self.max_length)
-    tokens, mask = np.zeros((1, P), np.int32), np.zeros((1, P), bool)
-    tokens[0, P - n:], mask[0, P - n:] = prompt_ids, True
-    cache, logits_1V = _prefill_program(self.config, self.params, tokens, mask)
-    return Prefix(cache, logits_1V[0], tokens[0], mask[0], settings, n)
+    return self.prefill_batch([prompt_ids], [settings])[0]
+
+  def prefill_batch(self, prompts: Sequence[Sequence[int]], settings: Sequence[SamplingSettings]) -> list[Prefix]:
+    """`prefill` of several prompts in one forward pass (rows and length bucketed), one `Prefix` per prompt.
+
+    Faster than one call per prompt, but a row's logits may then differ from its own prefill's in the last bits
+    (other matmul shapes); `Scheduler` prefills one request at a time unless told otherwise.
+    """
+    for prompt_ids, s in zip(prompts, settings, strict=True):
+      self.check_request(prompt_ids, s)
+    P = bucket(max(len(p) for p in prompts), 8, self.max_length)
+    B = bucket(len(prompts), 1)
+    tokens, mask = np.zeros((B, P), np.int32), np.zeros((B, P), bool)
+    for b in range(B):
+      prompt_ids = prompts[b if b < len(prompts) else 0]  # Padding rows repeat the first prompt.
+      tokens[b, P - len(prompt_ids):], mask[b, P - len(prompt_ids):] = prompt_ids, True
+    cache, logits_BV = _prefill_program(self.config, self.params, tokens, mask)
+    return [Prefix(cache, logits_BV[b], tokens[b], mask[b], settings[b], len(prompts[b]), b)
+            for b in range(len(prompts))]
 
   def _ensure_state(self) -> SlotState:
     if self._state is None:
@@ -514,8 +528,8 @@ class Engine:
         frequency_penalty=np.float32(s.frequency_penalty), seed=np.uint32(s.seed % 2**32),
         stream_index=np.int32(s.stream_index), max_tokens=np.int32(s.max_tokens), logprobs=np.int32(s.logprobs),
         stop=sampling.stop_sequences_array(s.stop_token_ids))
-    self._state = _insert_program(self._ensure_state(), prefix.cache, prefix.logits_V, prefix.tokens_P,
-                                  prefix.mask_P, np.int32(slot), settings)
+    self._state = _insert_program(self._ensure_state(), prefix.cache, np.int32(prefix.row), prefix.logits_V,
+                                  prefix.tokens_P, prefix.mask_P, np.int32(slot), settings)
 
   def step(self, num_steps: int = 1, *, until_finish: bool = False) -> StepResult:
     """Runs `num_steps` fixed-shape decode steps over all slots in one program (fewer if every slot finishes, or,
@@ -564,8 +578,15 @@ class Event:
 class Scheduler:
   """A synchronous host loop over an `Engine`: a queue of requests, admitted into free slots between steps."""
 
-  def __init__(self, engine: Engine):
+  def __init__(self, engine: Engine, *, batch_prefill: bool = False):
+    """Args:
+      engine: The engine whose slots the requests use.
+      batch_prefill: Prefill the requests admitted together in one forward pass (`Engine.prefill_batch`): faster,
+        but a request's tokens may then depend on its companions through the last bits of its prompt's logits.
+        Off, each request gets exactly the tokens it gets alone.
+    """
     self.engine = engine
+    self._batch_prefill = batch_prefill
     self._waiting: collections.OrderedDict = collections.OrderedDict()  # request_id -> (prompt_ids, settings)
     self._slot_request: list = [None] * engine.num_slots  # request_id per slot, None when free.
     self._slot_logprobs = [0] * engine.num_slots
@@ -600,14 +621,21 @@ class Scheduler:
     return len(self._slot_of)
 
   def _admit(self) -> None:
+    admitted = []
     for slot in range(self.engine.num_slots):
       if not self._waiting:
-        return
+        break
       if self._slot_request[slot] is None:
         request_id, (prompt_ids, settings) = self._waiting.popitem(last=False)
-        self.engine.insert(self.engine.prefill(prompt_ids, settings), slot)
+        admitted.append((slot, request_id, prompt_ids, settings))
         self._slot_request[slot], self._slot_of[request_id] = request_id, slot
         self._slot_logprobs[slot] = settings.logprobs
+    if self._batch_prefill and admitted:
+      prefixes = self.engine.prefill_batch([a[2] for a in admitted], [a[3] for a in admitted])
+    else:
+      prefixes = [self.engine.prefill(prompt_ids, settings) for _, _, prompt_ids, settings in admitted]
+    for (slot, *_), prefix in zip(admitted, prefixes):
+      self.engine.insert(prefix, slot)
 
   def step(self, max_steps: int = 1) -> list[Event]:
     """Admits waiting requests into free slots (prefill + insert), then runs one decode step over all slots.
@@ -675,7 +703,8 @@ def generate(lm, prompts, max_new_tokens: int, strategy: sampling.SamplingParams
   request = generation.prepare(lm, prompts, max_new_tokens, strategy, seed, stop, num_samples, stop_at_eos,
                                truncate_prompt)
   rows = request.rows
-  scheduler = Scheduler(engine_for(lm, len(rows), max(len(r) for r in rows), max_new_tokens))
+  # The rows of one call are one batch (tolerances as for any batched computation), so prefill them together.
+  scheduler = Scheduler(engine_for(lm, len(rows), max(len(r) for r in rows), max_new_tokens), batch_prefill=True)
   for r, row in enumerate(rows):
     scheduler.submit(r, row, _row_settings(request, r, strategy, max_new_tokens))
   tokens = [[] for _ in rows]
