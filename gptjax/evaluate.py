@@ -328,6 +328,8 @@ def main(argv: Sequence[str]) -> None:
   records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
                            **_run_split_settings(f.model, f.data, f.split, f.val_fraction))
   lm = load(f.model)
+  if f.quantize:  # Weight-only int8 / int4 (gptjax/inference/quantize.py).
+    lm = lm.quantize(f.quantize) if lm.quantization is None else lm
   if f.tokenizer:
     from gptjax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
     lm.tokenizer = load_tokenizer(f.tokenizer)
@@ -358,6 +360,7 @@ def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("model", None, "HF folder (save_pretrained / LanguageModel.save) or hub name.", required=True)
   flags.DEFINE_enum("task", None, list(TASKS), "What to measure.", required=True)
+  flags.DEFINE_enum("quantize", None, ["int8", "int4"], "Weight-only quantization of the model before the task.")
   flags.DEFINE_string("data", None, "text:<glob> | jsonl:<path> | <path>.jsonl | tfds:<name>[:<field>] | "
                       "builtin:python (see gptjax/eval_data.py).",
                       required=True)

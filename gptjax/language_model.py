@@ -22,6 +22,7 @@ import numpy as np
 from gptjax import heads
 from gptjax import hf
 from gptjax.inference import engine as engine_lib
+from gptjax.inference import quantize as quantize_lib
 from gptjax.inference import scoring
 from gptjax.inference.sampling import SamplingParams
 from gptjax.model import ModelConfig
@@ -212,15 +213,54 @@ class LanguageModel:
     result = self.generate([inputs] if single else list(inputs), **options)
     return result[0] if single else result
 
-  def save(self, out_dir: os.PathLike, format: str = "hf") -> pathlib.Path:  # pylint: disable=redefined-builtin
+  # ---- Quantized inference (gptjax/inference/quantize.py) ----------------------------------------------------------
+  @property
+  def quantization(self) -> Optional[str]:
+    """'int8' / 'int4' for a quantized model, else None."""
+    return quantize_lib.mode_of(self.params)
+
+  def quantize(self, mode: str, *, kv_cache: str = "auto") -> "LanguageModel":
+    """A copy with weight-only quantized matrices ('int8': per output channel; 'int4': groups of 32).
+
+    Args:
+      mode: 'int8' or 'int4'.
+      kv_cache: 'auto' (the compute dtype) or 'int8' (keys and values cached as int8 while decoding).
+    """
+    if mode not in quantize_lib.MODES:
+      raise ValueError(f"quantize: mode must be one of {quantize_lib.MODES}, got {mode!r}")
+    if kv_cache not in quantize_lib.KV_CACHE_DTYPES:
+      raise ValueError(f"quantize: kv_cache must be one of {quantize_lib.KV_CACHE_DTYPES}, got {kv_cache!r}")
+    config = dataclasses.replace(self.config, kv_cache_dtype=kv_cache)
+    model = LanguageModel(config, quantize_lib.quantize_params(self.params, mode), self.tokenizer)
+    model.head = self.head
+    return model
+
+  def dequantize(self) -> "LanguageModel":
+    """A float32 copy of a quantized model (what the HF export writes with `dequantize=True`)."""
+    config = dataclasses.replace(self.config, kv_cache_dtype="auto")
+    model = LanguageModel(config, jax.device_get(quantize_lib.dequantize_tree(self.params)), self.tokenizer)
+    model.head = self.head
+    return model
+  # ---- end of quantized inference ----------------------------------------------------------------------------------
+
+  def save(self, out_dir: os.PathLike, format: str = "hf",  # pylint: disable=redefined-builtin
+           dequantize: bool = False) -> pathlib.Path:
     """Saves the model (and tokenizer files) to `out_dir`.
 
     `format="hf"` writes `config.json` + `model.safetensors` (+ the tokenizer's files) that
-    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads.
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads. A quantized model saves in its own layout
+    (int8 / int4 values with their scales, read back by `gptjax.load`); the HF format refuses it unless
+    `dequantize=True`, which writes the float32 weights its int8 / int4 values stand for.
     """
     if format != "hf":
       raise ValueError(f"Unknown save format {format!r}; supported: 'hf'")
     out_dir = pathlib.Path(out_dir)
+    if self.quantization is not None:
+      if not dequantize:
+        if self.head is not None:
+          raise ValueError("a quantized model with a fine-tuned head cannot be saved; save the float model")
+        return quantize_lib.save(out_dir, self.config, self.params, self.tokenizer)
+      return self.dequantize().save(out_dir, format)
     eos_id = getattr(self.tokenizer, "eos_id", None)
     hf.save_hf(out_dir, self.config, jax.device_get(self.params), eos_id=eos_id)
     if self.tokenizer is not None:
@@ -303,6 +343,9 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
   if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir (gptjax.finetune): its best model.
     path = path / "best"
   if path.is_dir():
+    if quantize_lib.is_quantized_folder(path):  # Saved by a quantized model's `save`.
+      config, params = quantize_lib.load(path)
+      return LanguageModel(config, params, _load_tokenizer_if_present(path))
     if hf.is_hf_folder(path):
       config, params = hf.load_hf(path)
       model = LanguageModel(config, jax.tree.map(jnp.asarray, params), _load_tokenizer_if_present(path))

@@ -71,6 +71,8 @@ class ModelConfig:
       'cudnn'); None chooses: 'einsum' on CPUs, `jax.nn.dot_product_attention`'s own choice elsewhere.
     remat: Rematerialise each block in the backward pass (saves activation memory).
     decode: Decoding mode: a `'cache'` collection holds past keys and values.
+    kv_cache_dtype: 'auto' (the compute dtype) or 'int8': cached keys and values stored as int8 with one absmax
+      scale per (position, head), dequantized when read (gptjax/inference/quantize.py).
   """
 
   vocab_size: int = 50257
@@ -93,6 +95,7 @@ class ModelConfig:
   attention_impl: Optional[str] = None
   remat: bool = False
   decode: bool = False
+  kv_cache_dtype: str = "auto"
 
   def __post_init__(self):
     positive = ("vocab_size", "block_size", "num_layers", "num_heads", "emb_dim", "mlp_dim")
@@ -113,6 +116,8 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
     if self.attention_impl not in _ATTENTION_IMPLS:
       raise ValueError(f"ModelConfig.attention_impl must be one of {_ATTENTION_IMPLS}, got {self.attention_impl!r}")
+    if self.kv_cache_dtype not in ("auto", "int8"):
+      raise ValueError(f"ModelConfig.kv_cache_dtype must be 'auto' or 'int8', got {self.kv_cache_dtype!r}")
     for name in ("dropout_rate", "attention_dropout_rate"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -272,6 +277,10 @@ class CausalSelfAttention(nn.Module):
     """
     B, L, H, K = k_BLHK.shape
     initialised = self.has_variable("cache", "cached_key")
+    # --- compress: an int8 KV cache keeps one absmax scale per (position, head); read back as the compute dtype.
+    if self.config.kv_cache_dtype == "int8":
+      return self._update_int8_cache(k_BLHK, v_BLHK, valid_BL, initialised)
+    # --- end of int8 KV cache.
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BLHK.shape, k_BLHK.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BLHK.shape, v_BLHK.dtype)
     cached_valid = self.variable("cache", "cached_valid", jnp.zeros, valid_BL.shape, jnp.bool_)
@@ -286,6 +295,30 @@ class CausalSelfAttention(nn.Module):
     cached_valid.value = write(cached_valid.value, valid_BL, start_B)
     index.value = start_B + L
     return cached_key.value, cached_value.value, cached_valid.value, start_B[:, None] + jnp.arange(L)
+
+  def _update_int8_cache(self, k_BLHK, v_BLHK, valid_BL, initialised):
+    """`_update_cache` with int8 keys and values: |x - q * scale| <= scale / 2, scale = max_K |x| / 127."""
+    B, L, H, _ = k_BLHK.shape
+    dtype = k_BLHK.dtype
+    names = ("cached_key", "cached_value")
+    values = [self.variable("cache", n, jnp.zeros, k_BLHK.shape, jnp.int8) for n in names]
+    scales = [self.variable("cache", f"{n}_scale", jnp.ones, (B, L, H, 1), jnp.float32) for n in names]
+    cached_valid = self.variable("cache", "cached_valid", jnp.zeros, valid_BL.shape, jnp.bool_)
+    index = self.variable("cache", "index", lambda: jnp.zeros((B,), jnp.int32))
+    if not initialised:
+      return k_BLHK, v_BLHK, valid_BL, jnp.arange(L)[None]
+    start_B = index.value
+    write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=0))
+    read = []
+    for var, scale, x_BLHK in zip(values, scales, (k_BLHK, v_BLHK)):
+      x_BLHK = x_BLHK.astype(jnp.float32)
+      s_BLH1 = jnp.maximum(jnp.abs(x_BLHK).max(axis=-1, keepdims=True) / 127.0, 1e-12)
+      var.value = write(var.value, jnp.round(x_BLHK / s_BLH1).astype(jnp.int8), start_B)
+      scale.value = write(scale.value, s_BLH1, start_B)
+      read.append((var.value.astype(jnp.float32) * scale.value).astype(dtype))
+    cached_valid.value = write(cached_valid.value, valid_BL, start_B)
+    index.value = start_B + L
+    return read[0], read[1], cached_valid.value, start_B[:, None] + jnp.arange(L)
 
 
 class MLP(nn.Module):

@@ -22,6 +22,8 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 is
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep only the k most likely tokens; 0 is off.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1]; 1 is off.")
 _REPETITION_PENALTY = flags.DEFINE_float("repetition_penalty", 1.0, "CTRL's repetition penalty; 1 is off.")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8", "int4"], "Weight-only quantization before sampling.")
+_KV_CACHE = flags.DEFINE_enum("kv_cache", "auto", ["auto", "int8"], "With --quantize: the KV cache's dtype.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); not printed.")
 _TRUNCATE = flags.DEFINE_bool("truncate_prompt", False,
@@ -44,6 +46,8 @@ def main(argv):
   # Bad input raises ValueError / OSError naming it: `console.run` reports it as one `error:` line.
   start = read_start(_START.value)
   lm = gptjax.load(_MODEL.value)
+  if _QUANTIZE.value and lm.quantization is None:
+    lm = lm.quantize(_QUANTIZE.value, kv_cache=_KV_CACHE.value)
   samples = lm.generate([start] if start else None, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
                         top_k=_TOP_K.value, top_p=_TOP_P.value, repetition_penalty=_REPETITION_PENALTY.value,
                         seed=_SEED.value, stop=_STOP.value or None, num_samples=_NUM_SAMPLES.value,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax import model as model_lib
+from gptjax.inference import quantize  # Weight-only int8 / int4: dequantized inside each program.
 from gptjax.inference import sampling
 from gptjax.model import GPT, ModelConfig
 
@@ -47,6 +48,7 @@ def inference_config(config: ModelConfig) -> ModelConfig:
 def forward_program(config, params, ids_BT, mask_BT, ablation, *, logits: bool, hidden: Optional[str],
                      attention: bool):
   _TRACES["forward"] += 1
+  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
   mutable = (["hidden_states"] if hidden == "all" else []) + (["intermediates"] if attention else [])
   outputs = GPT(config).apply({"params": params}, ids_BT, attention_mask_BL=mask_BT, return_hidden=True,
                               ablation=ablation, mutable=mutable or False)
@@ -67,6 +69,7 @@ def forward_program(config, params, ids_BT, mask_BT, ablation, *, logits: bool, 
 @functools.partial(jax.jit, static_argnames=("config",))
 def score_program(config, params, ids_BT, targets_BT, mask_BT):
   _TRACES["score"] += 1
+  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
   logits_BTV = GPT(config).apply({"params": params}, ids_BT, attention_mask_BL=mask_BT)
   target_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
   max_BT = logits_BTV.max(axis=-1)
@@ -87,6 +90,7 @@ def _zeros_cache(config: ModelConfig, batch_size: int, length: int):
 @functools.partial(jax.jit, static_argnames=("config",))
 def prefill_program(config, params, tokens_BP, mask_BP):
   _TRACES["prefill"] += 1
+  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
   B, P = tokens_BP.shape
   tokens_to_logits = sampling.model_tokens_to_logits(config)
   logits_BV, cache = tokens_to_logits(params, tokens_BP, mask_BP, _zeros_cache(config, B, P))
@@ -138,7 +142,7 @@ def insert_program(state: SlotState, prefix_cache, row, logits_V, tokens_P, mask
 
   def put(path, slots, prefix):
     name = path[-1].key
-    if name in ("cached_key", "cached_value"):
+    if name in ("cached_key", "cached_value", "cached_key_scale", "cached_value_scale"):  # (scales: int8 cache)
       # The prompt was left-padded to P: rolling by P - n moves its n tokens to the front; the padding after them
       # is marked invalid and overwritten by the generated tokens.
       shifted = jnp.roll(jax.lax.dynamic_index_in_dim(prefix, row, keepdims=False), -(P - n), axis=0)
@@ -217,6 +221,7 @@ def _decode_step(config: ModelConfig, vocab_limit: int, params, state: SlotState
   stop_N = live_N & sampling.ends_with_stop(window_NL, state.stop_NSL)
   length_N = live_N & ~stop_N & (generated_N >= state.max_tokens_N)
   active_N = live_N & ~stop_N & ~length_N
+  params = quantize.dequantize_tree(params)  # In the loop body: the loop carries int8.
   # The next logits of every slot in one fixed-shape call; finished and empty slots feed an invalid token (their
   # rows are reset when a request is inserted).
   logits_NV, cache = sampling.model_tokens_to_logits(config)(

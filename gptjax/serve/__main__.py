@@ -24,6 +24,7 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port; 0 picks a free one (see --port
 _NUM_SLOTS = flags.DEFINE_integer("num_slots", 8, "Requests decoded together in one batch.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per slot, prompt + completion (default: the context).")
 _MAX_QUEUE = flags.DEFINE_integer("max_queue", 256, "Requests that may wait for a slot; more get a 429.")
+_QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8", "int4"], "Weight-only quantization of the served model.")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "Decode steps per engine call: more is faster where the "
                                        "host round trip matters, but a disconnect then takes up to that many steps.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "The id clients name in `model` (default: from --model).")
@@ -79,6 +80,8 @@ def main(argv):
   from gptjax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
   try:
     lm = gptjax.load(_MODEL.value)
+    if _QUANTIZE.value and lm.quantization is None:
+      lm = lm.quantize(_QUANTIZE.value)
   except (ValueError, TypeError, OSError) as e:  # The message names the path; a traceback would bury it.
     _fail(f"--model={_MODEL.value}: {e}")
   if lm.tokenizer is None:
