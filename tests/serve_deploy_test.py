@@ -15,18 +15,8 @@ from gptjax import workflow
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _tiny_config(steps=4):
-  config = workflow.load_config(ROOT / "configs" / "tiny.py")
-  config.train.steps = steps
-  config.train.eval_every = steps
-  config.train.log_every = 2
-  config.data.builtin_max_bytes = 200_000
-  config.opt.warmup_steps = 1
-  return config
-
-
-def test_fit_predict_save_deploy(tmp_path):
-  lm = gptjax.fit(_tiny_config(), tmp_path / "run")
+def test_fit_predict_save_deploy(tmp_path, tiny_fit_config):
+  lm = gptjax.fit(tiny_fit_config(), tmp_path / "run")
   predicted = lm.predict(["def ", "import "], max_new_tokens=6)
   assert len(predicted) == 2 and all(isinstance(p, str) for p in predicted)
   path = lm.save(tmp_path / "model")

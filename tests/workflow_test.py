@@ -8,16 +8,6 @@ from gptjax import workflow
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _tiny_config(steps=4):
-  config = workflow.load_config(ROOT / "configs" / "tiny.py")
-  config.train.steps = steps
-  config.train.eval_every = steps
-  config.train.log_every = 2
-  config.data.builtin_max_bytes = 200_000
-  config.opt.warmup_steps = 1
-  return config
-
-
 def test_load_config_from_file_and_errors(tmp_path):
   config = workflow.load_config(str(ROOT / "configs" / "tiny.py"))
   assert config.model.emb_dim == 32
@@ -30,8 +20,8 @@ def test_load_config_from_file_and_errors(tmp_path):
     raise AssertionError("a missing config file must fail")
 
 
-def test_fit_predict_save(tmp_path):
-  lm = gptjax.fit(_tiny_config(), tmp_path / "run")
+def test_fit_predict_save(tmp_path, tiny_fit_config):
+  lm = gptjax.fit(tiny_fit_config(), tmp_path / "run")
   assert isinstance(lm, gptjax.LanguageModel) and lm.tokenizer is not None
   out = lm.predict(["def ", "import "], max_new_tokens=5)
   assert len(out) == 2 and all(isinstance(x, str) for x in out)
