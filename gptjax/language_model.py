@@ -21,6 +21,7 @@ import numpy as np
 
 from gptjax import heads
 from gptjax import hf
+from gptjax.inference import beam
 from gptjax.inference import engine as engine_lib
 from gptjax.inference import quantize as quantize_lib
 from gptjax.inference import scoring
@@ -125,7 +126,9 @@ class LanguageModel:
 
   def generate(self, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: int = 0, stop=None, num_samples: int = 1,
-               stop_at_eos: bool = True, truncate_prompt: bool = False) -> list:
+               stop_at_eos: bool = True, truncate_prompt: bool = False, *, num_beams: int = 1,
+               length_penalty: float = 1.0, early_stopping=False, num_return_sequences: int = 1,
+               no_repeat_ngram_size: int = 0, min_new_tokens: int = 0) -> list:
     """Continues each prompt by up to `max_new_tokens` tokens, with a cached decoding loop compiled once per shape.
 
     The next token is chosen from the last logits l (a vector over the vocabulary) in this order (as Hugging Face):
@@ -161,6 +164,15 @@ class LanguageModel:
       stop_at_eos: Stop at `<|endoftext|>` (False: always generate `max_new_tokens`, e.g. for benchmarks).
       truncate_prompt: When prompt + max_new_tokens exceed the context, keep only the prompt's last
         `block_size - max_new_tokens` tokens instead of raising.
+      num_beams: K > 1: beam search as Hugging Face's `generate(num_beams=K)` (`gptjax/inference/beam.py`);
+        the sampling settings are then unused.
+      length_penalty: Beam search: a finished hypothesis scores sum(log p) / length ** length_penalty.
+      early_stopping: Beam search: True stops a prompt at K finished hypotheses; False (HF's default) when no
+        running beam can beat them (HF's heuristic); 'never' as HF.
+      num_return_sequences: Beam search: the best this many hypotheses per prompt (<= num_beams); without beams,
+        the same as `num_samples`.
+      no_repeat_ngram_size: n > 0: never generate an n-gram already in the prompt or the continuation.
+      min_new_tokens: `<|endoftext|>` (and single-token stops) are banned for the first this many tokens.
 
     Returns:
       The continuations (without the prompt), prompt-major: `len(prompts) * num_samples` strings for text prompts,
@@ -171,6 +183,15 @@ class LanguageModel:
         message names it).
     """
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    # ----- generation helper: beams and per-row history run in their own program (gptjax/inference/beam.py) -----
+    if num_beams != 1 or no_repeat_ngram_size or min_new_tokens or num_return_sequences != 1:
+      if num_beams == 1 and num_samples != 1:
+        num_return_sequences = num_samples * num_return_sequences
+      return beam.generate(self, prompts, max_new_tokens, params, num_beams=num_beams, length_penalty=length_penalty,
+                           early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                           no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens, seed=seed,
+                           stop=stop, stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
+    # ----- end of generation helper -----
     return engine_lib.generate(self, prompts, max_new_tokens, params, seed=seed, stop=stop, num_samples=num_samples,
                                stop_at_eos=stop_at_eos, truncate_prompt=truncate_prompt)
 
