@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import model as model_lib
-from gptjax.inference import engine as engine_lib
+from gptjax.inference import programs as engine_lib  # The engine's compiled-program helpers: bucketing, trace counts.
 from gptjax.inference import generation
+from gptjax.inference import quantize
 from gptjax.inference import sampling
 
 _BIG = 1.0e9  # HF's mask value for scores: a large finite number, so that masked sums stay ordered.
@@ -274,7 +275,8 @@ def generate(lm, prompts, max_new_tokens: int, strategy: sampling.SamplingParams
   request = generation.prepare(lm, prompts, max_new_tokens, strategy, seed, stop, 1 if beams else num_return_sequences,
                                stop_at_eos, truncate_prompt)
   engine = lm.engine(num_slots=1)
-  config, params, vocab_limit = engine.config, engine.params, engine.vocab_limit
+  config, vocab_limit = engine.config, engine.vocab_limit
+  params = quantize.dequantize_tree(engine.params)  # A quantized model's weights, as float (beam search is fp).
   tokens, mask = _padded(request.rows)
   eos = _eos_array(request.token_stops)
   if beams:
