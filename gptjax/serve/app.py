@@ -182,21 +182,21 @@ def create_app(lm: Union[Any, Callable[[], Any]], options: Optional[ServerOption
     plans.check_ids(state, body.tokens, "tokens")
     return {"prompt": state.tokenizer.decode(body.tokens)}
 
-  @app.post("/v1/completions")
-  async def completions(body: protocol.CompletionRequest, request: fastapi.Request):
+  async def generate(body, request: fastapi.Request, plan_request):
+    """Completions and chat alike: plan the request, start it on the engine, stream or collect the reply."""
     state.require_ready()
-    plan = plans.plan_completion(state, body)
+    plan = plan_request(state, body)
     request.state.log = plan.log_line()
     run = responses.Run.start(state, plan)
     return responses.EventStream(run, request) if body.stream else await responses.collect(run, request)
 
+  @app.post("/v1/completions")
+  async def completions(body: protocol.CompletionRequest, request: fastapi.Request):
+    return await generate(body, request, plans.plan_completion)
+
   @app.post("/v1/chat/completions")
   async def chat_completions(body: protocol.ChatCompletionRequest, request: fastapi.Request):
-    state.require_ready()
-    plan = plans.plan_chat(state, body)
-    request.state.log = plan.log_line()
-    run = responses.Run.start(state, plan)
-    return responses.EventStream(run, request) if body.stream else await responses.collect(run, request)
+    return await generate(body, request, plans.plan_chat)
 
   return app
 
