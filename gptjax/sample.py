@@ -4,6 +4,11 @@
 `FILE:path` to read it from a UTF-8 file; without it samples are unconditional (they start from `<|endoftext|>`, as
 GPT-2's). Each sample is printed as prompt + continuation, followed by a line of dashes. The sampling maths is in
 `LanguageModel.generate`'s docstring.
+
+Beam search and constrained decoding (`gptjax/decoding_flags.py`): `--num_beams 4 --num_return_sequences 2` prints
+the two best beams, best first, exactly as Hugging Face's `generate(num_beams=4, ...)` would on the same weights;
+`--no_repeat_ngram_size` and `--min_new_tokens` work with beams and with sampling. Flags the chosen decoding would
+ignore (`--temperature` with beams, `--length_penalty` without) are an error naming them.
 """
 
 import pathlib
@@ -13,6 +18,7 @@ from absl import flags
 
 import gptjax
 from gptjax import console
+from gptjax import decoding_flags
 
 _MODEL = flags.DEFINE_string("model", None, "Model folder (Hugging Face layout) or hub name.", required=True)
 _START = flags.DEFINE_string("start", "", "Prompt text, or FILE:path to read it from. Empty: unconditional.")
@@ -28,6 +34,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeatable); not printed.")
 _TRUNCATE = flags.DEFINE_bool("truncate_prompt", False,
                               "Keep only the prompt's last tokens when it does not fit with --max_new_tokens.")
+decoding_flags.define(return_sequences=True)
 
 
 def read_start(start: str) -> str:
@@ -45,13 +52,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Bad input raises ValueError / OSError naming it: `console.run` reports it as one `error:` line.
   start = read_start(_START.value)
+  beam_options = decoding_flags.options()
   lm = gptjax.load(_MODEL.value)
   if _QUANTIZE.value and lm.quantization is None:
     lm = lm.quantize(_QUANTIZE.value, kv_cache=_KV_CACHE.value)
   samples = lm.generate([start] if start else None, _MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
                         top_k=_TOP_K.value, top_p=_TOP_P.value, repetition_penalty=_REPETITION_PENALTY.value,
                         seed=_SEED.value, stop=_STOP.value or None, num_samples=_NUM_SAMPLES.value,
-                        truncate_prompt=_TRUNCATE.value)
+                        truncate_prompt=_TRUNCATE.value, **beam_options)
   for sample in samples:
     print(start + sample)
     print("-" * 40)

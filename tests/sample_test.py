@@ -25,3 +25,30 @@ def test_sample_command_prints_the_samples(tmp_path):
   bad = subprocess.run(command[:4] + ["--top_p=2"], capture_output=True, text=True, env=env, timeout=300)
   assert bad.returncode == 2  # A user's mistake (gptjax.console): one line, exit status 2.
   assert bad.stderr.strip().splitlines() == ["error: top_p must be in (0, 1] (1 = off), got 2.0"]
+
+
+def test_sample_command_beam_search_and_flags_that_do_not_go_together(tmp_path):
+  lm = text_lm(train_bpe(CORPUS, 300))
+  lm.save(tmp_path / "model")
+  env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1]), "JAX_PLATFORMS": "cpu",
+         "PYTHONIOENCODING": "utf-8"}
+  command = [sys.executable, "-m", "gptjax.sample", f"--model={tmp_path / 'model'}", "--start=Hello",
+             "--max_new_tokens=12"]
+  beams = ["--num_beams=4", "--num_return_sequences=2", "--length_penalty=0.5", "--no_repeat_ngram_size=2",
+           "--min_new_tokens=3", "--early_stopping=true"]
+  out = subprocess.run(command + beams, capture_output=True, env=env)  # Bytes: a sample may hold a '\r'.
+  assert out.returncode == 0, out.stderr.decode()
+  expected = lm.generate(["Hello"], 12, num_beams=4, num_return_sequences=2, length_penalty=0.5,
+                         no_repeat_ngram_size=2, min_new_tokens=3, early_stopping=True)
+  assert len(expected) == 2
+  assert out.stdout.decode("utf-8") == "".join(f"Hello{s}\n{'-' * 40}\n" for s in expected)
+  for extra, message in [
+      (["--num_beams=4", "--temperature=0.7"], "error: --temperature choose tokens by sampling, but --num_beams=4"),
+      (["--num_beams=4", "--num_samples=3"], "error: --num_samples=3 draws samples; with --num_beams=4"),
+      (["--length_penalty=2"], "error: --length_penalty apply to beam search only"),
+      (["--no_repeat_ngram_size=2", "--repetition_penalty=1.3"], "error: --repetition_penalty=1.3 is not"),
+      (["--num_beams=2", "--num_return_sequences=3"], "error: num_return_sequences=3 must be <= num_beams=2")]:
+    bad = subprocess.run(command + extra, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2, (extra, bad.stderr)
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith(message), (extra, line)
