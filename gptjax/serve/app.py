@@ -12,7 +12,8 @@ string, so a stop string never reaches the client, not even split across chunks,
 non-streamed text.
 
 The layers: `plans.py` turns a request into engine requests (validating it), `batcher.py` runs the engine's
-`Scheduler` in a thread, `responses.py` turns engine events into text and renders responses or event streams.
+`Scheduler` in a thread, `responses.py` turns engine events into text and renders responses or event streams;
+`beams.py` runs beam-search requests whole, outside the slots.
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: a client's mistake is a 400 naming
 the field (never a 5xx, which the `openai` client retries), an unknown route a 404, a full queue a 429 with
@@ -34,6 +35,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptjax.serve import batcher as batcher_lib
+from gptjax.serve import beams
 from gptjax.serve import plans
 from gptjax.serve import protocol
 from gptjax.serve import responses
@@ -187,6 +189,8 @@ def create_app(lm: Union[Any, Callable[[], Any]], options: Optional[ServerOption
     state.require_ready()
     plan = plan_request(state, body)
     request.state.log = plan.log_line()
+    if plan.decoding is not None:  # Beam search / constrained decoding: one program, outside the slots.
+      return await beams.respond(state, plan)
     run = responses.Run.start(state, plan)
     return responses.EventStream(run, request) if body.stream else await responses.collect(run, request)
 

@@ -2,6 +2,12 @@
 
 A request becomes a `Plan`: its prompts as token ids, and one `Choice` (one engine request, with its own slot and
 random stream) per (prompt i, sample j), index i * n + j.
+
+A request with the beam or constrained-decoding extensions (`num_beams` > 1, `no_repeat_ngram_size`,
+`min_new_tokens`) also gets `Plan.decoding`, the keyword arguments of `gptjax.inference.beam.generate`: it runs
+as one program outside the slot batch (`gptjax/serve/beams.py`), and its choices are then the best beams (or the
+samples) of each prompt, index i * n + j, best first. `n` and `num_return_sequences` are one number, the choices
+per prompt: give either, or both equal.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Plan:
   logprobs: Optional[int]  # None: none; N: the chosen token's and N alternatives.
   include_usage: bool
   user: Optional[str]
+  decoding: Optional[dict] = None  # Beam / constrained decoding (gptjax/serve/beams.py); None: the slots.
 
   def log_line(self) -> str:
     parts = [f"prompts={len(self.prompts)}", f"choices={len(self.choices)}",
@@ -105,7 +112,7 @@ def _settings(state: ServerState, body, prompts: list[list[int]], stops: list[st
               prompt_param: str) -> list[Choice]:
   """One engine request per (prompt, sample), validated; raises APIError naming the field."""
   from gptjax.inference import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  n = body.n or 1
+  n = choices_per_prompt(body)
   total = len(prompts) * n
   if total > state.batcher.capacity:
     raise bad_request(f"n={n} with {len(prompts)} prompt(s) asks for {total} sequences; this server admits at "
@@ -167,6 +174,61 @@ def _check_request(state: ServerState, body, prompt: list[int], settings, prompt
     raise bad_request(str(e), param=param if param in type(body).model_fields else None) from None
 
 
+def choices_per_prompt(body) -> int:
+  """`n`, or its synonym `num_return_sequences` (the choices per prompt); both given must agree."""
+  if body.num_return_sequences is not None and body.n is not None and body.n != body.num_return_sequences:
+    raise bad_request(f"n={body.n} and num_return_sequences={body.num_return_sequences} both count the choices per "
+                      "prompt: give one, or equal values", param="num_return_sequences")
+  return body.num_return_sequences or body.n or 1
+
+
+# Settings the beam program does not implement: with beams all sampling ones, without beams the penalties.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+_PENALTY_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
+def decoding_options(state: ServerState, body, prompts: list[list[int]], max_tokens: int, logprobs) -> Optional[dict]:
+  """`beam.generate`'s keyword arguments for a beam / constrained request (None for a plain one); a 400 naming
+  the field for a combination it cannot honour rather than a setting silently dropped."""
+  beams = body.num_beams or 1
+  ngram, min_new = body.no_repeat_ngram_size or 0, body.min_new_tokens or 0
+  if beams == 1:
+    for field in ("length_penalty", "early_stopping"):
+      if getattr(body, field) is not None:
+        raise bad_request(f"{field} applies to beam search only: set num_beams > 1, or drop it", param=field)
+    if not (ngram or min_new):
+      return None
+  what = f"num_beams={beams}" if beams > 1 else ("no_repeat_ngram_size" if ngram else "min_new_tokens")
+  if max_tokens < 1:
+    raise bad_request(f"max_tokens must be at least 1 with {what}", param="max_tokens")
+  if body.stream:
+    raise bad_request(f"stream=true is not supported with {what}: the request runs as one program and returns "
+                      "whole sequences; set stream=false", param="stream")
+  if logprobs is not None:
+    param = "logprobs" if isinstance(body, protocol.CompletionRequest) or not body.top_logprobs else "top_logprobs"
+    raise bad_request(f"logprobs are not supported with {what}", param=param)
+  for field in (_SAMPLING_FIELDS if beams > 1 else ()) + _PENALTY_FIELDS:
+    if getattr(body, field) is not None:
+      reason = ("beam search is deterministic" if field in _SAMPLING_FIELDS
+                else "the beam program does not implement it")
+      raise bad_request(f"{field} cannot be combined with {what}: {reason}", param=field)
+  n = choices_per_prompt(body)
+  if beams > 1 and n > beams:
+    raise bad_request(f"n={n} choices per prompt (num_return_sequences) exceed num_beams={beams}: a prompt has only "
+                      f"{beams} beams", param="num_return_sequences" if body.num_return_sequences else "n")
+  if min_new > max_tokens:
+    raise bad_request(f"min_new_tokens={min_new} exceeds max_tokens={max_tokens}", param="min_new_tokens")
+  rows = len(prompts) * (beams if beams > 1 else n)
+  if rows > state.batcher.capacity:
+    raise bad_request(f"{len(prompts)} prompt(s) x {beams if beams > 1 else n} rows = {rows} rows; this server "
+                      f"admits at most {state.batcher.capacity}", param="num_beams" if beams > 1 else "n")
+  options = dict(num_beams=beams, no_repeat_ngram_size=ngram, min_new_tokens=min_new, num_return_sequences=n)
+  if beams > 1:
+    options.update(length_penalty=1.0 if body.length_penalty is None else body.length_penalty,
+                   early_stopping=False if body.early_stopping is None else body.early_stopping)
+  return options
+
+
 def _check_unsupported(body) -> None:
   if body.logit_bias:
     raise bad_request("logit_bias is not supported by this server", param="logit_bias")
@@ -186,12 +248,13 @@ def plan_completion(state: ServerState, body: protocol.CompletionRequest) -> Pla
   if max_tokens == 0 and not body.echo:
     raise bad_request("max_tokens must be at least 1 (0 is allowed only with echo, to score the prompt)",
                       param="max_tokens")
+  decoding = decoding_options(state, body, prompts, max_tokens, body.logprobs)
   choices = _settings(state, body, prompts, body.stop or [], max_tokens, body.logprobs, "prompt")
   return Plan(kind="completion", id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                model=state.options.model_name, prompts=prompts, prompt_texts=texts, choices=choices,
                stops=list(body.stop or []), echo=bool(body.echo), logprobs=body.logprobs,
                include_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage),
-               user=body.user)
+               user=body.user, decoding=decoding)
 
 
 def plan_chat(state: ServerState, body: protocol.ChatCompletionRequest) -> Plan:
@@ -208,9 +271,10 @@ def plan_chat(state: ServerState, body: protocol.ChatCompletionRequest) -> Plan:
   if body.top_logprobs and not body.logprobs:
     raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
   stops = list(protocol.CHAT_STOPS) + [s for s in body.stop or [] if s not in protocol.CHAT_STOPS]
+  decoding = decoding_options(state, body, [prompt], max_tokens, logprobs)
   choices = _settings(state, body, [prompt], stops, max_tokens, logprobs, "messages")
   return Plan(kind="chat", id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()),
                model=state.options.model_name, prompts=[prompt], prompt_texts=[text], choices=choices, stops=stops,
                echo=False, logprobs=logprobs,
                include_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage),
-               user=body.user)
+               user=body.user, decoding=decoding)

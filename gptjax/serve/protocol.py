@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 MAX_STOP_STRINGS = 4
 MAX_LOGPROBS = 5
 MAX_TOP_LOGPROBS = 20
+MAX_BEAMS = 32  # Beams per prompt; each is a row of the beam program's batch.
 
 
 class APIError(Exception):
@@ -70,6 +71,14 @@ class _Sampling(BaseModel):
   top_k: Optional[int] = Field(default=None, ge=0)
   repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
   ignore_eos: Optional[bool] = False  # Generate max_tokens whatever the model says (benchmarks).
+  # Beam search and constrained decoding, with `LanguageModel.generate`'s names (gptjax/serve/beams.py): such a
+  # request runs as one program outside the slot batch, and is never streamed.
+  num_beams: Optional[int] = Field(default=None, ge=1, le=MAX_BEAMS)
+  length_penalty: Optional[float] = Field(default=None, allow_inf_nan=False)
+  early_stopping: Optional[Union[bool, Literal["never"]]] = None
+  num_return_sequences: Optional[int] = Field(default=None, ge=1, le=128)  # The same as n: choices per prompt.
+  no_repeat_ngram_size: Optional[int] = Field(default=None, ge=0)
+  min_new_tokens: Optional[int] = Field(default=None, ge=0)
 
   @pydantic.field_validator("stop")
   @classmethod
