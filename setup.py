@@ -45,6 +45,10 @@ EXTRAS_REQUIRE = {
     "tensorboard": ["tensorboard"],
     # notebooks/*.ipynb plot with matplotlib.
     "notebook": ["matplotlib", "jupyter"],
+    # Generation metrics (gptjax/text_metrics.py): sacreBLEU 2.0 is the first with the BLEU class, its signature
+    # object and a variable number of references (None in a reference stream); rouge-score 0.1 the first with
+    # `score_multi` (the best of several references; 0.0.4 lacks it). Both floors were run with text_metrics.py.
+    "metrics": ["sacrebleu>=2.0.0", "rouge-score>=0.1"],
 }
 EXTRAS_REQUIRE["test"] = [
     "pytest",
@@ -61,6 +65,7 @@ EXTRAS_REQUIRE["test"] = [
     "playwright>=1.40",
     *EXTRAS_REQUIRE["datasets"],
     *EXTRAS_REQUIRE["eval"],
+    *EXTRAS_REQUIRE["metrics"],
 ]
 
 setuptools.setup(

@@ -4,7 +4,8 @@ Sources (the `--data` of `python -m gptjax.evaluate`):
   `text:<glob>`      UTF-8 files in sorted path order (`**` recurses). Perplexity reads them as consecutive pieces
                      of one text by default; LAMBADA reads one passage per non-blank line.
   `jsonl:<path>`     One JSON object per line (a path ending in `.jsonl` needs no prefix). Perplexity and LAMBADA
-                     read the field `text`; multiple choice reads `context`, `endings` and `label`.
+                     read the field `text`; multiple choice reads `context`, `endings` and `label`; generation
+                     reads `source` and `target` (or `targets`, a list of references).
   `tfds:<name>[:<field>]`  A TFDS dataset prepared as array_record, read without TensorFlow; `split` picks the
                      split (default 'test'). HellaSwag and Story Cloze have `context`/`endings`/`label` already.
   `builtin:python`   The trainer's default corpus (perplexity; its 'val' split unless told otherwise).
@@ -25,7 +26,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-TASKS = ("perplexity", "lambada", "multiple_choice")
+TASKS = ("perplexity", "lambada", "multiple_choice", "generation")
 TRAINING_SPLITS = ("train", "val")  # Split by gptjax.data.load_corpus, as the trainer does.
 
 
@@ -133,7 +134,7 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
     builtin_max_bytes: With `builtin:python`: the size cap, as the trainer's data config has it.
 
   Returns:
-    `Records` of str (perplexity, lambada) or dicts (multiple_choice).
+    `Records` of str (perplexity, lambada) or dicts (multiple_choice, generation).
   """
   if task not in TASKS:
     raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}")
@@ -155,8 +156,8 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
       lines = [(line, f"{w} line {n}") for text, w in zip(records.items, records.where)
                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
       records = Records([l for l, _ in lines], [w for _, w in lines])
-    elif task == "multiple_choice":
-      raise ValueError("multiple_choice reads JSONL (context, endings, label) or TFDS, not text files")
+    elif task in ("multiple_choice", "generation"):
+      raise ValueError(f"{task} reads JSONL or TFDS records, not text files")
   elif is_jsonl:
     records = read_jsonl(arg if kind == "jsonl" else source)
   elif kind == "tfds" and arg:
@@ -169,6 +170,9 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
   if task == "multiple_choice":
     for item, where in zip(records.items, records.where):
       check_choice_example(item, where)
+  elif task == "generation":
+    for item, where in zip(records.items, records.where):
+      check_generation_example(item, where)
   elif not isinstance(records.items[0], str):
     records = _text_field(records, field or _default_field(source, records.items[0]))
   return records
@@ -231,3 +235,24 @@ def check_choice_example(example: Any, where: str) -> None:
   if not 0 <= label < len(endings):
     raise ValueError(f"{where}: label {label} is out of range for {len(endings)} endings "
                      f"(expected 0..{len(endings) - 1})")
+
+
+def check_generation_example(example: Any, where: str) -> None:
+  """Raises ValueError naming `where` unless `example` has a str `source` and a str `target` or a non-empty list of
+  str `targets` (several references)."""
+  if not isinstance(example, dict):
+    raise ValueError(f"{where}: expected an object with source and target, got {type(example).__name__}")
+  if not isinstance(example.get("source"), str):
+    raise ValueError(f"{where}: 'source' must be a string, got {example.get('source')!r:.80} (has {sorted(example)})")
+  if "targets" in example:
+    targets = example["targets"]
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+      raise ValueError(f"{where}: 'targets' must be a non-empty list of strings, got {targets!r:.80}")
+  elif not isinstance(example.get("target"), str):
+    raise ValueError(f"{where}: needs 'target' (a string) or 'targets' (a list of strings), got "
+                     f"{example.get('target')!r:.80} (has {sorted(example)})")
+
+
+def references(example: dict) -> list[str]:
+  """An example's references: `targets`, or [`target`]."""
+  return list(example["targets"]) if "targets" in example else [example["target"]]

@@ -1,4 +1,5 @@
-"""Evaluation with a stated method: perplexity (sliding window), bits per byte, LAMBADA, multiple choice.
+"""Evaluation with a stated method: perplexity (sliding window), bits per byte, LAMBADA, multiple choice, and
+generation (corpus BLEU and ROUGE-L of source -> target predictions, `generation`).
 
 Papers' numbers are hard to match when the method is not stated; every number here comes with its method, and the
 JSON written by `python -m gptjax.evaluate` records the settings beside the metrics.
@@ -41,7 +42,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from gptjax.eval_data import TASKS, TRAINING_SPLITS, Records, check_choice_example, load_task_data
+from gptjax.eval_data import TASKS, TRAINING_SPLITS, Records, check_choice_example, check_generation_example
+from gptjax.eval_data import load_task_data
+from gptjax.eval_data import references as eval_references
 from gptjax.inference.scoring import ScoreRequest as _Request
 from gptjax.inference.scoring import TextScore, score_texts, sliding_windows  # noqa: F401  (part of this API)
 from gptjax.inference.scoring import progress_bar as _progress
@@ -229,6 +232,67 @@ def multiple_choice(lm, examples: Sequence[dict], *, separator: str = " ", batch
   }
 
 
+def generation(lm, examples: Sequence[dict], *, template: Optional[str] = None, max_new_tokens: Optional[int] = None,
+               num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False, no_repeat_ngram_size: int = 0,
+               min_new_tokens: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+               where: Optional[Sequence[str]] = None) -> dict:
+  """Source -> target generation scored against references: corpus BLEU (sacreBLEU) and ROUGE-L (`rouge-score`).
+
+  Each source is laid out with the template (`gptjax/seq2seq.py`) and its target generated: greedy, or beam search
+  with `num_beams` > 1 (Hugging Face's, `gptjax/inference/beam.py`), until the template's end marker or
+  `max_new_tokens`. The metrics' exact methods are `gptjax/text_metrics.py`'s, stated in `settings` (sacreBLEU's
+  signature among them) with the decoding.
+
+  Args:
+    lm: A `gptjax.LanguageModel`: one fine-tuned with `finetune.task = 'generation'` uses its own template; any
+      other is prompted zero-shot with `template` (default GPT-2's "{source}\nTL;DR: {target}<|endoftext|>").
+    examples: Dicts with `source` and `target` (or `targets`, several references).
+    template: The layout for a model not fine-tuned for generation.
+    max_new_tokens: Most tokens per target (default: the fine-tuning's `max_new_tokens`, at most half the context).
+    num_beams, length_penalty, early_stopping, no_repeat_ngram_size, min_new_tokens: `lm.generate`'s.
+    batch_size: Sources per `generate` call.
+    progress: Show a progress bar on stderr.
+    where: Optional names of the examples for error messages.
+
+  Returns:
+    A dict with `metrics` (bleu, rougeL), `counts`, `settings` and `predictions`.
+  """
+  from gptjax import seq2seq, text_metrics  # pylint: disable=g-import-not-at-top
+  examples = list(examples)
+  if not examples:
+    raise ValueError("Nothing to evaluate: the dataset has no examples")
+  where = list(where) if where is not None else [f"example {i}" for i in range(len(examples))]
+  for example, label in zip(examples, where):
+    check_generation_example(example, label)
+  tuned = getattr(lm.head, "spec", None)
+  if tuned is not None and tuned.kind == seq2seq.TASK:
+    if template is not None and template != tuned.template:
+      raise ValueError(f"template={template!r}: this model was fine-tuned with template {tuned.template!r}, which "
+                       "it uses")
+    spec = tuned
+  else:
+    spec = seq2seq.GenerationSpec(template=template or seq2seq.TLDR_TEMPLATE)
+  n = seq2seq.default_max_new_tokens(lm, spec) if max_new_tokens is None else max_new_tokens
+  decoding = dict(num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens)
+  if num_beams > 1:
+    decoding.update(length_penalty=length_penalty, early_stopping=early_stopping)
+  predictions = seq2seq.generate_targets(lm, spec, [e["source"] for e in examples], max_new_tokens=n,
+                                         batch_size=batch_size, progress=lambda b: _progress(b, progress, "batch"),
+                                         **decoding)
+  references = [eval_references(e) for e in examples]
+  scores = text_metrics.generation_metrics(predictions, references)
+  method = (f"beam search, Hugging Face's (num_beams={num_beams}, length_penalty={length_penalty}, "
+            f"early_stopping={early_stopping})" if num_beams > 1 else "greedy")
+  return {
+      "metrics": scores["metrics"],
+      "counts": {"examples": len(examples), "references": sum(map(len, references))},
+      "settings": {"decoding": method, "max_new_tokens": n, "no_repeat_ngram_size": no_repeat_ngram_size,
+                   "min_new_tokens": min_new_tokens, "template": spec.template,
+                   "stop": "the template's end marker (or max_new_tokens)", **scores["settings"]},
+      "predictions": predictions,
+  }
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One entry point for the command line and the trainer.
 
@@ -243,10 +307,11 @@ def run_task(lm, task: str, data: Union[str, Records, Sequence], **options) -> d
 
   Args:
     lm: A `gptjax.LanguageModel` with a tokenizer.
-    task: 'perplexity', 'lambada' or 'multiple_choice'.
+    task: 'perplexity', 'lambada', 'multiple_choice' or 'generation'.
     data: A source string (see `load_task_data`), the `Records` it returns, or the items themselves: documents
-      (perplexity), passages (lambada) or example dicts (multiple_choice).
-    **options: The task function's keyword arguments (context, stride, join, separator, batch_size, progress),
+      (perplexity), passages (lambada) or example dicts (multiple_choice, generation).
+    **options: The task function's keyword arguments (context, stride, join, separator, batch_size, progress;
+      generation's template and decoding),
       `split`, `tfds_data_dir`, `field` and `val_fraction` for reading a source, and `max_examples` (keep the
       first N; 0 or None: all). A perplexity `join` left None is 'concat' for `text:` sources and 'documents' otherwise.
 
@@ -270,7 +335,7 @@ def run_task(lm, task: str, data: Union[str, Records, Sequence], **options) -> d
       options["join"] = default_join(data if isinstance(data, str) else None)
     function = perplexity
   else:
-    function = lambada if task == "lambada" else multiple_choice
+    function = {"lambada": lambada, "multiple_choice": multiple_choice, "generation": generation}[task]
     options["where"] = where
   try:
     result = function(lm, items, **options)
@@ -323,6 +388,9 @@ def main(argv: Sequence[str]) -> None:
     options.update(context=f.context, stride=f.stride, join=f.join or default_join(f.data))
   elif f.task == "multiple_choice":
     options.update(separator=f.separator)
+  elif f.task == "generation":
+    from gptjax import decoding_flags  # pylint: disable=g-import-not-at-top
+    options.update(decoding_flags.options(sampling=()), template=f.template, max_new_tokens=f.max_new_tokens)
   # Bad input raises ValueError / OSError naming what and where: `gptjax.console` reports it as one `error:` line.
   # The data first: a malformed line is reported in seconds, before a large model is loaded.
   records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
@@ -375,6 +443,12 @@ def _define_flags() -> None:
   flags.DEFINE_enum("join", None, list(JOINS), "perplexity: 'concat' reads the documents as one text (default for "
                     "text:), 'documents' scores each alone (default otherwise).")
   flags.DEFINE_string("separator", " ", "multiple_choice: put between the context and each ending.")
+  flags.DEFINE_string("template", None, "generation: the layout for a model not fine-tuned for generation (default "
+                      "\"{source}\\nTL;DR: {target}<|endoftext|>\"); a fine-tuned one uses its own.")
+  flags.DEFINE_integer("max_new_tokens", None, "generation: most tokens per target (default: the model's "
+                       "fine-tuning setting, at most half the context).")
+  from gptjax import decoding_flags  # pylint: disable=g-import-not-at-top
+  decoding_flags.define()
   flags.DEFINE_string("tokenizer", None, "Tokenizer folder or name, when the model folder has none.")
   flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Rows per forward pass.")
   flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N documents/examples (0: all).")

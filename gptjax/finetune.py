@@ -304,10 +304,16 @@ def export_model(directory: os.PathLike, config: ModelConfig, params: dict, toke
                  extra: Optional[dict] = None) -> pathlib.Path:
   """Writes the fine-tuned model (HF folder + tokenizer + head) to `directory`, replacing it atomically."""
   from gptjax.language_model import LanguageModel  # pylint: disable=g-import-not-at-top
-  directory = pathlib.Path(directory)
-  staging = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
   model = LanguageModel(config, jax.device_get(params["transformer"]), tokenizer)
   model.head = TaskHead(spec, jax.device_get(params["head"]))
+  return replace_folder(directory, model, extra)
+
+
+def replace_folder(directory: os.PathLike, model, extra: Optional[dict] = None) -> pathlib.Path:
+  """Saves `model` (a `LanguageModel` with its `head`) to `directory`, replacing it atomically: a reader sees the
+  old model or the new one, never half of one."""
+  directory = pathlib.Path(directory)
+  staging = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
   model.save(staging)
   model.head.save(staging, extra)
   old = directory.with_name(f"{directory.name}.old-{uuid.uuid4().hex}")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import seq2seq
 from gptjax.tasks import TASK_TOKENS, TaskSpec, encode_records
 
 SPEC_FILE, HEAD_FILE = "finetune.json", "head.safetensors"
@@ -46,9 +47,12 @@ def load_head(directory: os.PathLike) -> Optional[TaskHead]:
   if not (directory / SPEC_FILE).exists():
     return None
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  if not (directory / HEAD_FILE).exists():
+  if not (directory / HEAD_FILE).exists() and json.loads((directory / SPEC_FILE).read_text())["spec"].get(
+      "task") != seq2seq.TASK:
     raise FileNotFoundError(f"{directory} has {SPEC_FILE} but no {HEAD_FILE}: the fine-tuned head is missing")
   info = json.loads((directory / SPEC_FILE).read_text())
+  if info["spec"].get("task") == seq2seq.TASK:  # Conditional generation: the task, no head weights.
+    return seq2seq.GenerationHead(seq2seq.GenerationSpec.from_dict(info["spec"]))
   spec = TaskSpec.from_dict(info["spec"])
   params = {k: jnp.asarray(v) for k, v in load_file(str(directory / HEAD_FILE)).items()}
   return TaskHead(spec, params)
@@ -60,7 +64,7 @@ def _checked_head(model, kinds: tuple[str, ...], method: str) -> TaskHead:
     raise ValueError(f"{method} needs a fine-tuned model (one with a task head, saved by gptjax fine-tuning); "
                      "this is a plain language model")
   if head.spec.kind not in kinds:
-    other = "choose" if head.spec.kind == "choice" else "classify"
+    other = {"choice": "choose", seq2seq.TASK: "predict"}.get(head.spec.kind, "classify")
     raise ValueError(f"This model was fine-tuned for {head.spec.task}: use LanguageModel.{other}, not {method}")
   if model.tokenizer is None:
     raise ValueError(f"{method} needs the model's tokenizer, and this model has none")

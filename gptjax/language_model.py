@@ -21,6 +21,7 @@ import numpy as np
 
 from gptjax import heads
 from gptjax import hf
+from gptjax import seq2seq
 from gptjax.inference import beam
 from gptjax.inference import engine as engine_lib
 from gptjax.inference import quantize as quantize_lib
@@ -215,7 +216,9 @@ class LanguageModel:
     """What the model is for, on one input or a list: labels for a fine-tuned model, continuations otherwise.
 
     A fine-tuned classification / entailment / similarity model returns `classify(inputs)`; a multiple-choice
-    model takes `(context, answers)` pairs and returns `choose`'s indices; a language model returns
+    model takes `(context, answers)` pairs and returns `choose`'s indices; a model fine-tuned for generation
+    (`finetune.task = 'generation'`) returns each source's target, laid out with its template and decoded greedy
+    unless `options` (`max_new_tokens`, `lm.generate`'s beam options) say otherwise; a language model returns
     `generate(inputs, max_new_tokens=32, temperature=0)` (greedy unless `options` say otherwise).
 
     Args:
@@ -223,6 +226,8 @@ class LanguageModel:
       **options: Passed on to `classify` / `choose` / `generate`.
     """
     if self.head is not None:
+      if self.head.spec.kind == seq2seq.TASK:  # Fine-tuned for source -> target (gptjax/seq2seq.py).
+        return seq2seq.predict(self, inputs, **options)
       if self.head.spec.kind == "choice":
         single = isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str)
         pairs = [inputs] if single else list(inputs)

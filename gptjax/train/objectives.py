@@ -513,14 +513,21 @@ def gather_to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _objective_class(config):
+  if schema.is_finetuning(config) and config.finetune.task == "generation":
+    from gptjax.train import seq2seq  # pylint: disable=g-import-not-at-top  (it imports this module)
+    return seq2seq.GenerationFinetuning
+  return Finetuning if schema.is_finetuning(config) else LanguageModeling
+
+
 def make_objective(config, workdir: pathlib.Path, resume_meta: Optional[dict] = None):
-  """The objective a config asks for: `Finetuning` with a `finetune` section, else `LanguageModeling`."""
-  cls = Finetuning if schema.is_finetuning(config) else LanguageModeling
-  return cls(config, workdir, resume_meta)
+  """The objective a config asks for: `Finetuning` with a `finetune` section (`GenerationFinetuning`,
+  gptjax/train/seq2seq.py, for `finetune.task = 'generation'`), else `LanguageModeling`."""
+  return _objective_class(config)(config, workdir, resume_meta)
 
 
 def objective_identity(config) -> dict[str, Any]:
   """`identity(config)` of the objective `make_objective` would build, without building it."""
-  return (Finetuning if schema.is_finetuning(config) else LanguageModeling).identity(config)
+  return _objective_class(config).identity(config)
 
 

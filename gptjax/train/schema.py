@@ -1,8 +1,8 @@
 """The one config schema of every training run, checked whole before anything runs.
 
 Pre-training and fine-tuning read the same sections (`configs/default.py` comments every field): `model`, `data`
-(pre-training's corpus), `finetune` (present = a GPT-1 fine-tuning run), `opt`, `train`, `eval`, `checkpoint`,
-`mesh`, `init_from`, `seed`. Lengths are in steps (`train.steps`) and warmup in steps (`opt.warmup_steps`) for
+(pre-training's corpus), `finetune` (present = a fine-tuning run: a GPT-1 task head, or source -> target generation
+with `task = 'generation'`), `opt`, `train`, `eval`, `checkpoint`, `mesh`, `init_from`, `seed`. Lengths are in steps (`train.steps`) and warmup in steps (`opt.warmup_steps`) for
 both kinds of run; a fine-tuning config states its epochs as the arithmetic behind its step count.
 
 `check(config)` runs before the data is read and before the first compile, and each error names the field, the
@@ -112,10 +112,15 @@ def check(config) -> None:
   if is_finetuning(config):
     from gptjax import tasks  # pylint: disable=g-import-not-at-top
     ft = config.finetune
-    if ft.task not in tasks.TASKS:
-      raise ConfigError(f"config.finetune.task={ft.task!r}: must be one of {tasks.TASKS}")
-    _float(config, "finetune.lm_coef", 0.0, note=" (0 turns the LM loss off)")
-    _float(config, "finetune.clf_dropout", 0.0, 1.0, high_open=True)
+    if ft.task not in tasks.TASKS + ("generation",):
+      raise ConfigError(f"config.finetune.task={ft.task!r}: must be one of {tasks.TASKS + ('generation',)}")
+    if ft.task == "generation":  # Source -> target (gptjax/train/seq2seq.py): a template, no head.
+      from gptjax.train import seq2seq  # pylint: disable=g-import-not-at-top
+      _int(config, "finetune.max_new_tokens", 1)
+      seq2seq.check_config(config)
+    else:
+      _float(config, "finetune.lm_coef", 0.0, note=" (0 turns the LM loss off)")
+      _float(config, "finetune.clf_dropout", 0.0, 1.0, high_open=True)
     _int(config, "finetune.max_length", 0, note=" (0 = the model's context)")
     for field in ("train_data", "val_data"):
       if not ft[field]:
