@@ -54,8 +54,9 @@ def options(values: Optional[flags.FlagValues] = None, *, sampling: Sequence[str
   if beams > 1:
     given = [f"--{name}" for name in sampling if _given(name, values)]
     if given:
-      raise ValueError(f"{', '.join(given)} choose tokens by sampling, but --num_beams={beams} is beam search, "
-                       "which is deterministic: drop them, or use --num_beams=1 to sample")
+      verb, it = ("chooses", "it") if len(given) == 1 else ("choose", "them")
+      raise ValueError(f"{', '.join(given)} {verb} tokens by sampling, but --num_beams={beams} is beam search, "
+                       f"which is deterministic: drop {it}, or use --num_beams=1 to sample")
     if _given("num_samples", values) and values.num_samples != 1:
       raise ValueError(f"--num_samples={values.num_samples} draws samples; with --num_beams={beams} ask for the best "
                        "beams with --num_return_sequences instead")
@@ -64,7 +65,8 @@ def options(values: Optional[flags.FlagValues] = None, *, sampling: Sequence[str
   else:
     given = [f"--{name}" for name in BEAM_ONLY if _given(name, values)]
     if given:
-      raise ValueError(f"{', '.join(given)} apply to beam search only: add --num_beams=K (K > 1), or drop them")
+      verb, it = ("applies", "it") if len(given) == 1 else ("apply", "them")
+      raise ValueError(f"{', '.join(given)} {verb} to beam search only: add --num_beams=K (K > 1), or drop {it}")
   if "repetition_penalty" in values and values.repetition_penalty != 1.0:
     used = [f"--{n}={values[n].value}" for n in ("num_beams", "no_repeat_ngram_size", "min_new_tokens")
             if values[n].value != values[n].default]

@@ -43,9 +43,9 @@ def test_sample_command_beam_search_and_flags_that_do_not_go_together(tmp_path):
   assert len(expected) == 2
   assert out.stdout.decode("utf-8") == "".join(f"Hello{s}\n{'-' * 40}\n" for s in expected)
   for extra, message in [
-      (["--num_beams=4", "--temperature=0.7"], "error: --temperature choose tokens by sampling, but --num_beams=4"),
+      (["--num_beams=4", "--temperature=0.7"], "error: --temperature chooses tokens by sampling, but --num_beams=4"),
       (["--num_beams=4", "--num_samples=3"], "error: --num_samples=3 draws samples; with --num_beams=4"),
-      (["--length_penalty=2"], "error: --length_penalty apply to beam search only"),
+      (["--length_penalty=2"], "error: --length_penalty applies to beam search only"),
       (["--no_repeat_ngram_size=2", "--repetition_penalty=1.3"], "error: --repetition_penalty=1.3 is not"),
       (["--num_beams=2", "--num_return_sequences=3"], "error: num_return_sequences=3 must be <= num_beams=2")]:
     bad = subprocess.run(command + extra, capture_output=True, text=True, env=env)

@@ -234,5 +234,5 @@ def test_predict_and_evaluate_commands_on_the_fine_tuned_workdir(tuned, tmp_path
   assert result["settings"]["template"] == seq2seq.DEFAULT_TEMPLATE and result["counts"]["references"] == 10
   bad = _cli("gptjax.evaluate", f"--model={directory / 'work'}", "--task=generation", f"--data={data}",
              "--length_penalty=0.5")
-  assert bad.returncode == 2 and bad.stderr.strip() == ("error: --length_penalty apply to beam search only: add "
-                                                        "--num_beams=K (K > 1), or drop them")
+  assert bad.returncode == 2 and bad.stderr.strip() == ("error: --length_penalty applies to beam search only: add "
+                                                        "--num_beams=K (K > 1), or drop it")
