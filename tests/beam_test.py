@@ -69,3 +69,12 @@ def test_ngram_blocking_and_min_new_tokens_equal_hugging_face(models, ngram, min
     sequence = prompts[0] + ours[0]
     grams = [tuple(sequence[i:i + ngram]) for i in range(len(sequence) - ngram + 1)]
     assert len(grams) == len(set(grams)), "an n-gram repeated"
+
+
+def test_long_prompts_whose_bucket_would_overflow_the_context_equal_hugging_face(models):
+  ref, lm = models
+  rng = np.random.default_rng(1)
+  prompts = [[int(t) for t in rng.integers(0, 97, n)] for n in (40, 64 - N)]  # Bucketed to 64, + N > the context.
+  eos = _eos(lm, prompts)
+  ours = lm.generate(prompts, N, num_beams=3, num_return_sequences=2, stop=[[eos]])
+  assert ours == _hf(ref, prompts, eos, num_beams=3, num_return_sequences=2)

@@ -230,12 +230,13 @@ def _sample_program(config, params, tokens_RP, mask_RP, eos_RE, seed, temperatur
   return jax.lax.while_loop(cond, body, init)[6]
 
 
-def _padded(rows, multiple_of_rows: int = 1):
-  P = engine_lib.bucket(max(len(r) for r in rows), 8)
+def _padded(rows, cap: int):
+  """Left-padded [B, P] tokens and mask, P bucketed but at most `cap` (the context less the new tokens: the cache
+  holds P + max_new_tokens positions)."""
+  P = engine_lib.bucket(max(len(r) for r in rows), 8, cap)
   tokens, mask = np.zeros((len(rows), P), np.int32), np.zeros((len(rows), P), bool)
   for b, row in enumerate(rows):
     tokens[b, P - len(row):], mask[b, P - len(row):] = row, True
-  del multiple_of_rows
   return tokens, mask
 
 
@@ -277,7 +278,7 @@ def generate(lm, prompts, max_new_tokens: int, strategy: sampling.SamplingParams
   engine = lm.engine(num_slots=1)
   config, vocab_limit = engine.config, engine.vocab_limit
   params = quantize.dequantize_tree(engine.params)  # A quantized model's weights, as float (beam search is fp).
-  tokens, mask = _padded(request.rows)
+  tokens, mask = _padded(request.rows, lm.config.block_size - max_new_tokens)
   eos = _eos_array(request.token_stops)
   if beams:
     _, out_BKN, lengths_BK = jax.device_get(_beam_program(
