@@ -16,7 +16,7 @@ import sys
 COMMANDS = {
     "train": ("gptjax.train", "Train or fine-tune from a config: gptjax train --config gptjax:tiny --workdir DIR"),
     "sample": ("gptjax.sample", "Print samples: gptjax sample --model DIR --start 'Once upon a time'"),
-    "evaluate": ("gptjax.evaluate", "Perplexity, bits per byte, LAMBADA, multiple choice: gptjax evaluate --model DIR"),
+    "evaluate": ("gptjax.evaluate", "Perplexity, LAMBADA, multiple choice, BLEU, ROUGE-L: gptjax evaluate --model DIR"),
     "predict": ("gptjax.predict", "Predictions of a fine-tuned model: gptjax predict --model DIR --data FILE"),
     "serve": ("gptjax.serve", "OpenAI-compatible HTTP server (and the explorer page): gptjax serve --model DIR"),
     "lm_eval": ("gptjax.lm_eval_adapter",

@@ -2,8 +2,9 @@
 
 Pre-training and fine-tuning read the same sections (`configs/default.py` comments every field): `model`, `data`
 (pre-training's corpus), `finetune` (present = a fine-tuning run: a GPT-1 task head, or source -> target generation
-with `task = 'generation'`), `opt`, `train`, `eval`, `checkpoint`, `mesh`, `init_from`, `seed`. Lengths are in steps (`train.steps`) and warmup in steps (`opt.warmup_steps`) for
-both kinds of run; a fine-tuning config states its epochs as the arithmetic behind its step count.
+with `task = 'generation'`), `opt`, `train`, `eval`, `checkpoint`, `mesh`, `init_from`, `seed`. Lengths are in
+steps (`train.steps`) and warmup in steps (`opt.warmup_steps`) for every kind of run; a fine-tuning config states
+its epochs as the arithmetic behind its step count.
 
 `check(config)` runs before the data is read and before the first compile, and each error names the field, the
 value and the allowed range, so a mistake costs seconds, not the training before the first evaluation. Checks
