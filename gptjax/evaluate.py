@@ -391,6 +391,10 @@ def main(argv: Sequence[str]) -> None:
   elif f.task == "generation":
     from gptjax import decoding_flags  # pylint: disable=g-import-not-at-top
     options.update(decoding_flags.options(sampling=()), template=f.template, max_new_tokens=f.max_new_tokens)
+  if f.task != "generation":
+    given = [f"--{name}" for name in _GENERATION_FLAGS if f[name].present]
+    if given:
+      raise ValueError(f"only --task generation takes {', '.join(given)}; this is --task {f.task}")
   # Bad input raises ValueError / OSError naming what and where: `gptjax.console` reports it as one `error:` line.
   # The data first: a malformed line is reported in seconds, before a large model is loaded.
   records = load_task_data(f.task, f.data, split=f.split, tfds_data_dir=f.tfds_data_dir, field=f.field,
@@ -422,6 +426,10 @@ def _run_split_settings(model: str, source: str, split: Optional[str], val_fract
         settings["val_fraction"] = run_data.get("val_fraction")
       settings["builtin_max_bytes"] = run_data.get("builtin_max_bytes")
   return settings
+
+
+_GENERATION_FLAGS = ("template", "max_new_tokens", "num_beams", "length_penalty", "early_stopping",
+                     "no_repeat_ngram_size", "min_new_tokens")
 
 
 def _define_flags() -> None:

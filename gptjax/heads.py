@@ -42,17 +42,17 @@ class TaskHead:
 
 
 def load_head(directory: os.PathLike) -> Optional[TaskHead]:
-  """The head saved in `directory`, or None when it holds a plain language model."""
+  """The head saved in `directory` (a `seq2seq.GenerationHead` for a generation model), or None when it holds a
+  plain language model."""
   directory = pathlib.Path(directory)
   if not (directory / SPEC_FILE).exists():
     return None
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  if not (directory / HEAD_FILE).exists() and json.loads((directory / SPEC_FILE).read_text())["spec"].get(
-      "task") != seq2seq.TASK:
-    raise FileNotFoundError(f"{directory} has {SPEC_FILE} but no {HEAD_FILE}: the fine-tuned head is missing")
   info = json.loads((directory / SPEC_FILE).read_text())
-  if info["spec"].get("task") == seq2seq.TASK:  # Conditional generation: the task, no head weights.
+  if info["spec"].get("task") == seq2seq.TASK:  # Conditional generation: the task and template, no head weights.
     return seq2seq.GenerationHead(seq2seq.GenerationSpec.from_dict(info["spec"]))
+  if not (directory / HEAD_FILE).exists():
+    raise FileNotFoundError(f"{directory} has {SPEC_FILE} but no {HEAD_FILE}: the fine-tuned head is missing")
   spec = TaskSpec.from_dict(info["spec"])
   params = {k: jnp.asarray(v) for k, v in load_file(str(directory / HEAD_FILE)).items()}
   return TaskHead(spec, params)

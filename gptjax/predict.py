@@ -48,7 +48,7 @@ def main(argv):
     return _predict_targets(model, spec, records)
   given = [f"--{name}" for name in _GENERATION_FLAGS if FLAGS[name].present]
   if given:
-    raise ValueError(f"{', '.join(given)} apply to generation models; {FLAGS.model} was fine-tuned for {spec.task}")
+    raise ValueError(f"only generation models take {', '.join(given)}; {FLAGS.model} was fine-tuned for {spec.task}")
   labelled = all(spec.label_field in record for _, record in records)
   outputs, labels = finetune.predict_outputs(model, records, FLAGS.batch_size, with_labels=labelled)
   out = open(FLAGS.output, "w", encoding="utf-8") if FLAGS.output else sys.stdout  # pylint: disable=consider-using-with

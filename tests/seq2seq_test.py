@@ -236,3 +236,10 @@ def test_predict_and_evaluate_commands_on_the_fine_tuned_workdir(tuned, tmp_path
              "--length_penalty=0.5")
   assert bad.returncode == 2 and bad.stderr.strip() == ("error: --length_penalty applies to beam search only: add "
                                                         "--num_beams=K (K > 1), or drop it")
+
+
+def test_generation_flags_with_another_task_are_an_error_naming_them(tmp_path):
+  out = _cli("gptjax.evaluate", f"--model={tmp_path}", "--task=perplexity", f"--data={tmp_path / 'x.jsonl'}",
+             "--num_beams=2", "--template={source}: {target}.")
+  assert out.returncode == 2
+  assert out.stderr.strip() == "error: only --task generation takes --template, --num_beams; this is --task perplexity"
