@@ -6,9 +6,9 @@ from rouge_score import rouge_scorer
 
 from gptjax import text_metrics
 
-PREDICTIONS = ["the cat sat on the mat", "a quick brown dog jumps", "Return the value of x.", "hello"]
+PREDICTIONS = ["the cat sat on the mat", "a quick brown dog jumps", "Return the value of x.", "hello there"]
 REFERENCES = [["the cat sat on a mat", "a cat was on the mat"], ["the quick brown fox jumps"],
-              ["Return the value of x"], ["hello world", "hi", "hello there"]]
+              ["Return the value of x"], ["hi", "hello world", "hello there"]]  # The best reference last.
 
 
 def test_bleu_is_sacrebleus_corpus_bleu_with_a_variable_number_of_references():
