@@ -20,6 +20,11 @@ and the template's own tokens are context, and get no loss and so no gradient. F
 model's context) loses the END of its source (a document's lead, a function's signature, stay); the target is
 never cut, and one that does not fit beside a one-token source is an error naming its line.
 
+A template used to prompt a model that was not fine-tuned with it (zero-shot) works best when the text before
+`{target}` does not end in a space: byte-level BPEs attach a space to the word after it, so such a prompt ends in a
+lone space token, which pre-training text rarely has (GPT-2's paper prompts with "TL;DR:" and the model writes
+" ..."). Fine-tuning encodes training and prediction alike, so there it does not matter.
+
 Prediction (`LanguageModel.predict`, `python -m gptjax.predict`, `gptjax.evaluate --task generation`) feeds the
 prefix and generates until the end marker, greedy unless told otherwise; `lm.generate`'s beam options pass through.
 The source is cut the same way when the prefix and `max_new_tokens` do not fit in the context.
