@@ -19,8 +19,9 @@ below) and ROUGE-L (rouge-score), greedy before and after fine-tuning, and beam 
 source: it predicts, for every test function, the training target with the best mean ROUGE-L against the others.
 
 Measured on 2026-12-02 on a 2-core cloud VM shared with other jobs (Python 3.11.7's stdlib; 2,000 train, 200 val,
-200 test functions; 300 pre-training steps of 16 x 128 tokens, 400 fine-tuning steps of batch 16, lr 1e-3). 5 min
-12 s in all: data 3 s, pre-training 125 s, fine-tuning 145 s, the four evaluations 32 s (the rest is start-up):
+200 test functions; 300 pre-training steps of 16 x 128 tokens, 400 fine-tuning steps of batch 16, lr 1e-3). 3 min
+35 s in all: data 2 s, pre-training 77 s, fine-tuning 107 s, the three evaluations 23 s, the rest start-up and
+compiles (5 min 12 s in an earlier run under a heavier load; the same numbers to the last digit):
 
   model and decoding                                           BLEU   ROUGE-L
   pre-trained, zero-shot, greedy                               0.06      2.03
