@@ -80,9 +80,11 @@ def test_constrained_sampling_without_beams_equals_lm_generate(client, lm):
                                        seed=7, extra_body={"no_repeat_ngram_size": 1, "top_k": 20})
   expected = lm.generate([PROMPT], N, temperature=1.5, top_k=20, seed=7, num_samples=2, no_repeat_ngram_size=1)
   assert [c.text for c in response.choices] == expected
-  for choice in response.choices:  # Unigram blocking: no token twice in the prompt and continuation together.
-    ids = lm.tokenizer.encode(PROMPT) + lm.tokenizer.encode(choice.text)
-    assert len(ids) == len(set(ids))
+  prompt = lm.tokenizer.encode(PROMPT)
+  for ids, text in zip(lm.generate([prompt], N, temperature=1.5, top_k=20, seed=7, num_samples=2,
+                                   no_repeat_ngram_size=1), expected):
+    assert lm.tokenizer.decode(ids) == text  # The text's own tokens (re-encoding the text may give others):
+    assert len(prompt + ids) == len(set(prompt + ids))  # unigram blocking, no token twice in prompt + continuation.
 
 
 def test_slot_requests_run_after_a_beam_request(client, lm):
