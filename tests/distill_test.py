@@ -161,8 +161,8 @@ def test_the_command_line_distils_into_an_ordinary_workdir_and_refuses_another_t
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   workdir = tmp_path / "student"
-  command = [sys.executable, "-m", "gptjax.train", f"--config={ROOT / 'configs' / 'distill.py'}", f"--workdir={workdir}",
-             f"--config.data.source=text:{corpus}", f"--config.data.cache_dir={cache}", "--config.train.steps=3",
+  command = [sys.executable, "-m", "gptjax.train", f"--config={ROOT / 'configs' / 'distill.py'}",
+             f"--workdir={workdir}", f"--config.data.source=text:{corpus}", f"--config.data.cache_dir={cache}", "--config.train.steps=3",
              "--config.train.batch_size=8", "--config.train.eval_every=3", "--config.train.log_every=1",
              "--config.eval.batch_size=8", "--config.eval.num_batches=2", "--config.train.tensorboard=False",
              "--config.opt.warmup_steps=1", "--config.distill.student_layers=(1, 3)"]
