@@ -19,7 +19,7 @@ turn, 5 rounds, the best of each) and its ratio to the teacher's; the student's 
 loading, tokenising and compiling included). Then decode speed alone of GPT-2 small's shape and DistilGPT2's
 (blocks 0, 2, 4, 7, 9, 11), random weights.
 
-Goals (issue 12), from the published anchor DistilGPT2 (WikiText-103 perplexity 21.1 against GPT-2's 16.3, a
+Goals, from the published anchor DistilGPT2 (WikiText-103 perplexity 21.1 against GPT-2's 16.3, a
 ratio of 1.29, at twice the speed): student / teacher perplexity <= 1.29; the distilled student >= 10% lower in
 perplexity than the cross-entropy-only one; decoding >= 1.8x the teacher's.
 
