@@ -7,6 +7,7 @@ emulated bucket, and the resumed run equals an uninterrupted local one bit for b
 """
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -88,7 +89,7 @@ def _cloud_metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in (paths.path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, monkeypatch):
+def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, monkeypatch, caplog):
   monkeypatch.chdir(tmp_path)  # A path mangled by pathlib would show up here as a folder named 'gs:'.
   local_cache = tmp_path / "local_tokens"
   monkeypatch.setattr(data, "DEFAULT_CACHE_DIR", str(local_cache))  # Where a cloud cache is mirrored.
@@ -114,8 +115,10 @@ def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, 
                                                                                       "val.bin")]
   # The resume on a machine without the local copy: the token cache comes back from the bucket.
   shutil.rmtree(local_cache)
-  second = loop.train_and_evaluate(config(6), workdir)
+  with caplog.at_level(logging.INFO):
+    second = loop.train_and_evaluate(config(6), workdir)
   assert second["step"] == 6 and (local_cache / key / "meta.json").is_file()
+  assert f"Copied token cache {tokens}/{key} to {local_cache / key}" in caplog.text  # Not tokenised again.
   assert "gs:" not in os.listdir(tmp_path) and "gs:" not in os.listdir(ROOT)
 
   # The same 6 steps uninterrupted on a local disk: the bucket's run equals it, line for line and bit for bit.
