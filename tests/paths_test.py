@@ -9,7 +9,6 @@ emulated bucket, and the resumed run equals an uninterrupted local one bit for b
 import json
 import logging
 import os
-import pathlib
 import shutil
 
 import jax
@@ -31,7 +30,6 @@ from train_helpers import tiny_config
 
 train_helpers.enable_compilation_cache()
 TIMING = ("tokens_per_sec", "step_time_s", "mfu")
-ROOT = pathlib.Path(__file__).parents[1]
 
 
 # ---- The helpers, on local folders -----------------------------------------------------------------------------
@@ -119,7 +117,7 @@ def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, 
     second = loop.train_and_evaluate(config(6), workdir)
   assert second["step"] == 6 and (local_cache / key / "meta.json").is_file()
   assert f"Copied token cache {tokens}/{key} to {local_cache / key}" in caplog.text  # Not tokenised again.
-  assert "gs:" not in os.listdir(tmp_path) and "gs:" not in os.listdir(ROOT)
+  assert "gs:" not in os.listdir(tmp_path)
 
   # The same 6 steps uninterrupted on a local disk: the bucket's run equals it, line for line and bit for bit.
   local = tmp_path / "local_run"
@@ -130,7 +128,8 @@ def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, 
   assert str(lm.workdir) == workdir and lm.tokenizer.decode(lm.tokenizer.encode("the cat")) == "the cat"
   jax.tree.map(np.testing.assert_array_equal, lm.params, gptjax.load(local).params)
   ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", read_only=True)
-  assert str(ckpt.directory) == f"{workdir}/checkpoints" and ckpt.all_steps() == [3, 6]
+  assert str(ckpt.directory) == str(ckpt.manager.directory) == f"{workdir}/checkpoints"  # orbax's own path too.
+  assert ckpt.all_steps() == [3, 6]
   ckpt.close()
   # TensorBoard in the bucket: each step's point once, the run's config once (the resumed run's own).
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
@@ -143,7 +142,8 @@ def test_a_run_trains_resumes_and_loads_from_the_bucket_alone(bucket, tmp_path, 
   assert sorted(losses) == list(range(1, 7)) and configs == [3]
 
 
-def test_a_second_run_on_a_cloud_workdir_in_use_is_refused(bucket, tmp_path):
+def test_a_second_run_on_a_cloud_workdir_in_use_is_refused(bucket, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
   workdir = f"{bucket}/runs/locked"
   lock = guards.WorkdirLock(workdir)
   lock.acquire()
@@ -154,10 +154,11 @@ def test_a_second_run_on_a_cloud_workdir_in_use_is_refused(bucket, tmp_path):
   finally:
     lock.release()
   assert fake_gcs.object_names("runs/locked/") == []
-  assert "gs:" not in os.listdir(tmp_path) and "gs:" not in os.listdir(".")
+  assert "gs:" not in os.listdir(tmp_path)
 
 
-def test_hugging_face_folders_and_tokenizers_save_to_and_load_from_the_bucket(bucket):
+def test_hugging_face_folders_and_tokenizers_save_to_and_load_from_the_bucket(bucket, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # Where a mangled path would write (and then read back) a folder 'gs:'.
   tokenizer = tokenizer_lib.train_bpe(tiny_lm.CORPUS, 300)
   lm = tiny_lm.text_lm(tokenizer)
   folder = lm.save(f"{bucket}/exports/tiny")
@@ -170,3 +171,4 @@ def test_hugging_face_folders_and_tokenizers_save_to_and_load_from_the_bucket(bu
   assert gptjax.load_tokenizer(f"{bucket}/exports/tiny").encode(text) == tokenizer.encode(text)
   with pytest.raises(FileNotFoundError, match=f"No such model folder: {bucket}/exports/missing"):
     gptjax.load(f"{bucket}/exports/missing")
+  assert os.listdir(tmp_path) == []

@@ -92,10 +92,10 @@ def test_hparams_hold_every_setting_and_the_run_ends_with_its_best_metric(resume
   assert [s.step for s in accumulator.Scalars("train_loss")] == list(range(1, 7))
 
 
-def test_a_run_stopped_early_by_a_signal_records_no_session_end(tmp_path):
+def test_a_writer_closed_without_finish_records_no_session_end(tmp_path):
   writer = metrics_lib.MetricWriter(tmp_path, enabled=True, run_config={"train": {"steps": 4}})
   writer.write(1, {"train_loss": 2.0})
-  writer.close()  # What a SIGTERM stop does: no `finish`.
+  writer.close()  # What the loop does when a signal stops the run: no `finish`, the run resumes later.
   events = _events(tmp_path)
   assert "_hparams_/session_start_info" in events and "_hparams_/session_end_info" not in events
   # A writer without a run config (and its resume) leaves the run info alone.
