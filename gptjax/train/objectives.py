@@ -50,6 +50,7 @@ from gptjax import data as data_lib
 from gptjax import finetune as finetune_lib
 from gptjax import metrics as metrics_lib
 from gptjax import model as model_lib
+from gptjax import paths
 from gptjax import tasks as tasks_lib
 from gptjax.train import schema
 
@@ -329,7 +330,7 @@ def load_pretrained(config) -> tuple[model_lib.ModelConfig, dict, Any, str]:
   source = config.init_from
   requested = model_lib.ModelConfig.from_dict(config.model.to_dict())
   model_config, params, description = checkpoint_lib.initial_weights(source, requested)
-  path = pathlib.Path(source).expanduser()
+  path = paths.path(source)
   if checkpoint_lib.is_workdir(path):
     default_tokenizer = path / checkpoint_lib.TOKENIZER_DIR
   elif (path / "best" / finetune_lib.SPEC_FILE).is_file():
