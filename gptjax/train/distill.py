@@ -46,6 +46,7 @@ from gptjax import checkpoint as checkpoint_lib
 from gptjax import hf
 from gptjax import metrics as metrics_lib
 from gptjax import model as model_lib
+from gptjax import paths
 from gptjax.train import objectives
 from gptjax.train import schema
 
@@ -179,8 +180,8 @@ def teacher_tokenizer(config) -> str:
 def load_teacher(config) -> tuple[model_lib.ModelConfig, dict, str]:
   """(model config with `config.model`'s runtime fields, host params, description) of `config.distill.teacher`."""
   teacher = config.distill.teacher
-  path = pathlib.Path(teacher).expanduser()
-  if (path.exists() or teacher.startswith((".", "/", "~"))) and not (
+  path = paths.path(teacher)
+  if (path.exists() or teacher.startswith((".", "/", "~")) or paths.is_uri(teacher)) and not (
       checkpoint_lib.is_workdir(path) or hf.is_hf_folder(path) or hf.is_hf_folder(path / "best")):
     what = "is not a model folder" if path.exists() else "does not exist"
     raise FileNotFoundError(f"config.distill.teacher={teacher!r} {what}: expected a gptjax run folder (config.json "

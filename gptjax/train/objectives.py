@@ -51,6 +51,7 @@ from gptjax import data as data_lib
 from gptjax import finetune as finetune_lib
 from gptjax import metrics as metrics_lib
 from gptjax import model as model_lib
+from gptjax import paths
 from gptjax import tasks as tasks_lib
 from gptjax.train import schema
 
@@ -345,7 +346,7 @@ def load_pretrained(config) -> tuple[model_lib.ModelConfig, dict, Any, str]:
 def pretrained_tokenizer_source(source: str):
   """Where the tokenizer of the model `source` names lives: `<run>/tokenizer` for a gptjax run folder, `<run>/best`
   for a fine-tuning run, else `source` itself (a Hugging Face folder holds its tokenizer files; a hub name)."""
-  path = pathlib.Path(source).expanduser()
+  path = paths.path(source)
   if checkpoint_lib.is_workdir(path):
     return path / checkpoint_lib.TOKENIZER_DIR
   if (path / "best" / finetune_lib.SPEC_FILE).is_file():
