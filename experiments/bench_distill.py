@@ -59,7 +59,9 @@ Against the goals, honestly:
   five students have one architecture yet range from 5,278 to 9,404 tok/s, so load from other jobs sets them; at
   0.1 to 0.3 ms per token the fixed cost of a decode step, not the 2 blocks, dominates. Rerun alone before quoting
   them. No accelerator was used.
-The perplexities are deterministic (two runs of the first two students gave the same figures to 0.01).
+The perplexities are deterministic (two runs of the first two students gave the same figures to 0.01). Measured
+before `config.mesh.cpu_devices` split the CPU into several XLA devices: a rerun now shards the batch over them,
+which may move the last digits and the times.
 """
 
 from __future__ import annotations
