@@ -16,7 +16,7 @@ from gptjax import optim
 from gptjax import sharding
 from gptjax import tokenizer as tokenizer_lib
 from gptjax import trainer
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 

@@ -12,7 +12,7 @@ import pytest
 from gptjax import model as M
 from gptjax.inference import engine as E
 from gptjax.inference.sampling import SamplingSettings
-from tiny_lm import TINY, random_lm
+from tests.tiny_lm import TINY, random_lm
 
 S = SamplingSettings
 # One settings mix used by several tests: greedy, plain sampling, top-k, top-p, penalties.

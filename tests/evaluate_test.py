@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-import assets
+from tests import assets
 import gptjax
 from gptjax import data as data_lib
 from gptjax import evaluate

@@ -20,7 +20,7 @@ from gptjax.language_model import LanguageModel
 from gptjax.serve import explorer
 from gptjax.tokenizer import char_tokenizer, train_bpe
 
-import tiny_lm
+from tests import tiny_lm
 
 TEXT = "Hello world!\nHello"
 

@@ -6,13 +6,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-import assets
+from tests import assets
 from gptjax.inference import engine as E
 from gptjax.inference import generation as G
 from gptjax.inference import sampling as S
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
-from tiny_lm import CORPUS, SAMPLE, TINY, random_lm
-from tiny_lm import text_lm as make_text_lm
+from tests.tiny_lm import CORPUS, SAMPLE, TINY, random_lm
+from tests.tiny_lm import text_lm as make_text_lm
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from gptjax import tasks
 from gptjax import tokenizer as tokenizer_lib
 from gptjax.language_model import LanguageModel
 from gptjax.train import loop
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?'"

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from gptjax.tokenizer import train_bpe
-from tiny_lm import CORPUS, text_lm
+from tests.tiny_lm import CORPUS, text_lm
 
 
 def test_sample_command_prints_the_samples(tmp_path):

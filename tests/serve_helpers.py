@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-import tiny_lm
+from tests import tiny_lm
 from gptjax import tokenizer as tokenizer_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from gptjax import model as model_lib
 from gptjax import optim
 from gptjax import sharding
 from gptjax import trainer
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 

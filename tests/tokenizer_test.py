@@ -10,7 +10,7 @@ import tokenizers
 import transformers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
-import assets
+from tests import assets
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
 
 EOS = "<|endoftext|>"

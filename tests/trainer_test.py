@@ -18,8 +18,8 @@ from gptjax import model as model_lib
 from gptjax import optim
 from gptjax import sharding
 from gptjax import trainer
-import train_helpers
-from train_helpers import SEQ_LEN, read_metrics, tiny_config
+from tests import train_helpers
+from tests.train_helpers import SEQ_LEN, read_metrics, tiny_config
 
 train_helpers.enable_compilation_cache()
 
