@@ -63,7 +63,7 @@ def tiny_fit_config():
   return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model_config():
   """`tiny_model_config(arch='gpt2', **overrides)` -> the tests' tiny ModelConfig (`tests.tiny_lm.model_config`)."""
   from tests import tiny_lm  # pylint: disable=g-import-not-at-top

@@ -2,8 +2,6 @@
 
 import json
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,6 @@ import transformers
 
 import gptjax
 from gptjax import hf
-from gptjax import model as M
 from tests import hf_reference
 
 # (vocab, context, layers, heads, width): odd head counts, small vocabularies, short contexts.
@@ -46,16 +43,13 @@ def test_export_round_trip_loads_in_transformers_with_the_same_logits(tmp_path, 
   np.testing.assert_array_equal(gptjax.load(tmp_path / "out").logits(ids), lm.logits(ids))
 
 
-@pytest.mark.parametrize("config", [
-    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=40),
-    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64, norm="post",
-                  final_norm=False, scale_residual_init=False),
-], ids=["gpt2", "gpt1"])
-def test_our_initialised_model_exports_to_transformers(tmp_path, config):
-  params = nn.meta.unbox(M.init_params(config, jax.random.key(0)))
-  lm = gptjax.LanguageModel(config, params)
+@pytest.mark.parametrize("arch, mlp_dim", [("gpt2", 40), ("gpt1", 64)])
+def test_our_initialised_model_exports_to_transformers(tmp_path, tiny_model_config, tiny_params, arch, mlp_dim):
+  config = tiny_model_config(arch, block_size=12, mlp_dim=mlp_dim)
+  lm = gptjax.LanguageModel(config, tiny_params(config))
   lm.save(tmp_path)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+  assert type(reloaded) is {"gpt2": transformers.GPT2LMHeadModel, "gpt1": transformers.OpenAIGPTLMHeadModel}[arch]
   ids = np.arange(12)[None] * 5 % 61
   np.testing.assert_allclose(hf_reference.torch_logits(reloaded, ids), lm.logits(ids), atol=1e-5, rtol=0)
 
