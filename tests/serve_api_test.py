@@ -13,9 +13,9 @@ import openai
 import pytest
 
 import gptjax
+from gptjax.serve import protocol
 from tests import serve_helpers
 from tests.serve_helpers import MODEL_NAME
-from gptjax.serve import protocol
 
 PROMPT = "Hello world 😀"
 
