@@ -23,6 +23,7 @@ from gptjax.inference import engine as E
 from gptjax.language_model import LanguageModel
 from gptjax.tokenizer import char_tokenizer
 from tests import assets
+from tests.hf_reference import next_token_logprobs, window_logprob
 
 EOS = 50256
 BLOCK = 64
