@@ -1,6 +1,7 @@
-"""The inference engine: slots that requests join and leave, per-request settings in one compiled program, seeds that
-do not depend on the batch, log-probabilities against full forward passes, stops, cancellation, compile counts, the
-forward options (hidden states, attention, ablations) and bad settings."""
+"""The inference engine (gptjax/inference/engine.py, its compiled programs gptjax/inference/programs.py): slots that
+requests join and leave, per-request settings in one compiled program, seeds that do not depend on the batch,
+log-probabilities against full forward passes, stops, cancellation, compile counts, the forward options (hidden states,
+attention, ablations) and bad settings."""
 
 import collections
 import dataclasses

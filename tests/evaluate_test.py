@@ -1,6 +1,6 @@
-"""Tests for gptjax.evaluate: a tiny GPT-2 (real 50257-token vocabulary, width 32, context 64) saved by
-Hugging Face, scored by us and by PyTorch on the same weights and text; real files, a real TFDS dataset on disk and
-a real `python -m gptjax.evaluate` subprocess."""
+"""Tests for gptjax.evaluate and the scoring under it (gptjax/inference/scoring.py): a tiny GPT-2 (real 50257-token
+vocabulary, width 32, context 64) saved by Hugging Face, scored by us and by PyTorch on the same weights and text; real
+files, a real TFDS dataset on disk and a real `python -m gptjax.evaluate` subprocess."""
 
 import json
 import math

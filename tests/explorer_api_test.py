@@ -1,4 +1,5 @@
-"""POST /v1/explore and GET /explorer, through FastAPI's TestClient, checked against independent computations.
+"""POST /v1/explore and GET /explorer (gptjax/explore.py, gptjax/serve/explorer.py), through FastAPI's TestClient,
+checked against independent computations.
 
 References are built apart from the code under test: probabilities from `lm.logits`, ablations from parameters
 with the ablated weights zeroed, the logit lens's first layer from the embeddings in numpy.

@@ -1,5 +1,5 @@
 """gptjax.finetune: the grown embedding, the head on the extract token, task + lambda * LM loss, metrics, and the
-saved head behind gptjax.load / classify / choose."""
+saved head behind gptjax.load / classify / choose (gptjax/heads.py)."""
 
 import dataclasses
 import functools

@@ -1,4 +1,5 @@
-"""The OpenAI API of `python -m gptjax.serve`, through the real `openai` client, against a server subprocess.
+"""The OpenAI API of `python -m gptjax.serve`, through the real `openai` client, against a server subprocess
+(gptjax/serve/__main__.py, app.py, plans.py, protocol.py, responses.py).
 
 One server (4 slots, room for 64 sequences) over a tiny random model with a byte-level BPE tokenizer serves the
 whole module. Expected values come from the same saved model loaded here (`lm.generate`, `lm.logits`).

@@ -1,4 +1,5 @@
-"""`python -m gptjax.train` as a user runs it: flags, config overrides, console output, resuming."""
+"""`python -m gptjax.train` (gptjax/train/__main__.py) as a user runs it: flags, config overrides, console output,
+resuming."""
 
 import importlib
 import os

@@ -1,4 +1,5 @@
-"""A whole tiny training run on real files (and on mocked TFDS): logs, evaluation, resume; the pure steps."""
+"""A whole tiny training run on real files (and on mocked TFDS): logs, evaluation, resume; the pure steps
+(gptjax/train/step.py, through the names gptjax/trainer.py keeps)."""
 
 import dataclasses
 import json
