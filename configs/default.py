@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # Data-parallel ways; -1 = all devices the other axes leave.
   config.mesh.fsdp = 1  # Fully-sharded data-parallel ways (parameters and optimiser state split too).
   config.mesh.tensor = 1  # Tensor-parallel ways (heads, MLP width and vocabulary split).
+  # CPU only: split the host's cores into this many XLA devices, so data parallelism uses them (faster than one
+  # device's threads for small models: experiments/bench_train.py); 0 = as many as there are cores and divide the
+  # batch, 1 = one device. Ignored when XLA_FLAGS or JAX_NUM_CPU_DEVICES says, or JAX has already started.
+  config.mesh.cpu_devices = 0
 
   # Checkpoints (gptjax/checkpoint.py) in <workdir>/checkpoints; a restarted run resumes from the latest, and
   # SIGTERM / Ctrl-C saves the step just finished before exiting.

@@ -316,3 +316,13 @@ def test_bad_prompts_and_ids_are_named(engine):
     engine.forward([[1, 2]], ablations=[("mlp", 5)])
   with pytest.raises(ValueError, match="is not \\('head', layer, head\\)"):
     engine.forward([[1, 2]], ablations=[("neuron", 0, 1)])
+
+
+def test_a_second_scheduler_is_refused_while_the_first_still_holds_requests(engine):
+  settings = E.SamplingSettings(max_tokens=3)
+  first = E.Scheduler(engine)
+  first.submit("a", _prompts(1)[0], settings)
+  with pytest.raises(RuntimeError, match=r"in use by another Scheduler that still has requests"):
+    E.Scheduler(engine)
+  _run(first)  # Done: its slots are free again, and the engine can serve someone else.
+  assert len(_alone(engine, _prompts(1)[0], settings)) == 3

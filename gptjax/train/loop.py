@@ -82,6 +82,21 @@ def check_mesh(config, mesh: jax.sharding.Mesh) -> None:
                              f"{ways} and by the {processes} processes")
 
 
+def split_cpu_cores(config) -> Optional[int]:
+  """Applies `config.mesh.cpu_devices` (`sharding.split_cpu_cores`) if JAX has not started yet; the count or None.
+
+  Automatic (0) only for the default mesh (data = all devices, no fsdp or tensor axis) of a single process; a
+  positive count is the user's. Called first thing by `train_and_evaluate`, so both `python -m gptjax.train` and
+  `gptjax.fit` in a fresh process get it.
+  """
+  m, t = config.mesh, config.train
+  requested = m.get("cpu_devices", 0)
+  if jax.distributed.is_initialized() or (not requested and (m.data, m.fsdp, m.tensor) != (-1, 1, 1)):
+    return None
+  micro = t.batch_size // t.grad_accum_steps
+  return sharding.split_cpu_cores(sharding.cpu_device_count(requested, [micro, config.eval.batch_size or micro]))
+
+
 def make_plan(config, steps_per_epoch: int) -> Plan:
   t = config.train
   eval_every = t.eval_every or steps_per_epoch
@@ -182,6 +197,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if not schema.is_finetuning(config) and config.eval.get("tasks"):
     objectives_lib.parse_eval_tasks(config.eval.tasks)
   workdir = pathlib.Path(workdir).expanduser().absolute()
+  if mesh is None:
+    split_cpu_cores(config)
   mesh = mesh or sharding.mesh_from_config(config.mesh)
   check_mesh(config, mesh)
   is_main = jax.process_index() == 0

@@ -102,6 +102,8 @@ def check(config) -> None:
     value = config.mesh[axis]
     if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
       raise ConfigError(f"config.mesh.{axis}={value!r}: must be a positive integer or -1 (all remaining devices)")
+  if "cpu_devices" in config.mesh:
+    _int(config, "mesh.cpu_devices", 0, note=" (0 = as many as there are cores and divide the batch)")
   if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
     raise ConfigError(f"config.mesh: at most one of data, fsdp, tensor may be -1, got {config.mesh.to_dict()}")
 
