@@ -64,6 +64,9 @@ EXTRAS_REQUIRE["test"] = [
     # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
     "openai>=1.40",
     "httpx",  # FastAPI's TestClient.
+    # TFDS 4.9.10 reads `importlib_resources.abc` for a dataset builder defined inside a package (the tests' builders
+    # live in `tests.*`) but declares the backport only for Python < 3.9; 5.0 is the first with `abc.Traversable`.
+    "importlib_resources>=5.0",
     # Browser tests drive Debian's Chromium (`apt-get install chromium`); never `playwright install`.
     "playwright>=1.40",
     *EXTRAS_REQUIRE["datasets"],

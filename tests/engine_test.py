@@ -1,6 +1,7 @@
-"""The inference engine: slots that requests join and leave, per-request settings in one compiled program, seeds that
-do not depend on the batch, log-probabilities against full forward passes, stops, cancellation, compile counts, the
-forward options (hidden states, attention, ablations) and bad settings."""
+"""The inference engine (gptjax/inference/engine.py, its compiled programs gptjax/inference/programs.py): slots that
+requests join and leave, per-request settings in one compiled program, seeds that do not depend on the batch,
+log-probabilities against full forward passes, stops, cancellation, compile counts, the forward options (hidden states,
+attention, ablations) and bad settings."""
 
 import collections
 import dataclasses
@@ -12,7 +13,7 @@ import pytest
 from gptjax import model as M
 from gptjax.inference import engine as E
 from gptjax.inference.sampling import SamplingSettings
-from tiny_lm import TINY, random_lm
+from tests.tiny_lm import TINY, random_lm
 
 S = SamplingSettings
 # One settings mix used by several tests: greedy, plain sampling, top-k, top-p, penalties.
