@@ -20,7 +20,7 @@ from gptjax import model as model_lib
 from gptjax.train import distill
 from gptjax.train import loop
 from gptjax.train import schema
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 ROOT = pathlib.Path(__file__).resolve().parents[1]

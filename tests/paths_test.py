@@ -23,10 +23,10 @@ from gptjax import paths
 from gptjax import tokenizer as tokenizer_lib
 from gptjax.train import guards
 from gptjax.train import loop
-import fake_gcs
-import tiny_lm
-import train_helpers
-from train_helpers import tiny_config
+from tests import fake_gcs
+from tests import tiny_lm
+from tests import train_helpers
+from tests.train_helpers import tiny_config
 
 train_helpers.enable_compilation_cache()
 TIMING = ("tokens_per_sec", "step_time_s", "mfu")

@@ -14,8 +14,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from gptjax import metrics as metrics_lib
 from gptjax.train import loop
-import train_helpers
-from train_helpers import tiny_config
+from tests import train_helpers
+from tests.train_helpers import tiny_config
 
 train_helpers.enable_compilation_cache()
 
