@@ -9,6 +9,9 @@ tiny training run on; raise a floor there and here together. Why each floor is w
   requires of a complete step (older ones also lack a `DeviceLocalLayout`-free serializer for jax 0.7, < 0.11.17).
 - tensorflow-datasets 4.9.10: 4.9.9 and older read `FieldDescriptor.label`, which protobuf 7 (what pip picks) removed.
 - tokenizers 0.20: `Tokenizer.encode_batch_fast`.
+- etils[epath] 1.13.0: every workdir path is an `epath.Path` (gptjax/paths.py), and before 1.13 `Path.is_file()`
+  is True for a path that does not exist (`not is_dir()`), so a fresh run took its missing tokenizer spec for a
+  saved one. orbax depends on etils too; named here because gptjax calls it.
 - numpy 1.26 and scipy 1.12: jax 0.7.1's own floors.
 """
 
@@ -31,6 +34,7 @@ INSTALL_REQUIRES = [
     "huggingface-hub>=0.23.0",
     "tqdm>=4.64.0",
     "tensorboardX>=2.6",  # Writes the events; the `tensorboard` extra is the viewer.
+    "etils[epath]>=1.13.0",  # Local and cloud paths alike (gs://, s3://): gptjax/paths.py.
     # Serving (gptjax/serve): the OpenAI-compatible HTTP server and the explorer page.
     "fastapi>=0.110",
     "uvicorn>=0.29",
@@ -49,6 +53,9 @@ EXTRAS_REQUIRE = {
     # object and a variable number of references (None in a reference stream); rouge-score 0.1 the first with
     # `score_multi` (the best of several references; 0.0.4 lacks it). Both floors were run with text_metrics.py.
     "metrics": ["sacrebleu>=2.0.0", "rouge-score>=0.1"],
+    # gs:// workdirs and caches: fsspec's GCS filesystem, what etils.epath uses when TensorFlow is not installed
+    # (orbax's arrays go through tensorstore's own GCS driver). s3:// needs `s3fs` the same way.
+    "gcs": ["gcsfs"],
 }
 EXTRAS_REQUIRE["test"] = [
     "pytest",
@@ -61,11 +68,17 @@ EXTRAS_REQUIRE["test"] = [
     # The server tests talk to `python -m gptjax.serve` through the real OpenAI client.
     "openai>=1.40",
     "httpx",  # FastAPI's TestClient.
+    # TFDS 4.9.10 reads `importlib_resources.abc` for a dataset builder defined inside a package (the tests' builders
+    # live in `tests.*`) but declares the backport only for Python < 3.9; 5.0 is the first with `abc.Traversable`.
+    "importlib_resources>=5.0",
     # Browser tests drive Debian's Chromium (`apt-get install chromium`); never `playwright install`.
     "playwright>=1.40",
     *EXTRAS_REQUIRE["datasets"],
     *EXTRAS_REQUIRE["eval"],
     *EXTRAS_REQUIRE["metrics"],
+    *EXTRAS_REQUIRE["gcs"],
+    "gcp-storage-emulator",  # tests/fake_gcs.py: an in-memory GCS bucket for the gs:// runs of tests/paths_test.py.
+    "tensorboard",  # tests/tensorboard_test.py reads the event files back with TensorBoard's own reader.
 ]
 
 setuptools.setup(

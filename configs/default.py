@@ -2,7 +2,9 @@
 
 Every field is commented. This is the one schema of every run (gptjax/train/schema.py checks each field before
 anything runs): pre-training reads `data`; GPT-1 fine-tuning adds a `finetune` section (configs/finetune_sst2.py)
-and reads its examples from there; both use the same `model`, `opt`, `train`, `eval`, `checkpoint` and `mesh`. Variants import this module and override only what changes:
+and reads its examples from there; distillation names a `distill.teacher` (configs/distill.py); all use the same
+`model`, `opt`, `train`, `eval`, `checkpoint` and `mesh`. Variants import this module and override only what
+changes:
 
     from configs import default
     def get_config():
@@ -62,6 +64,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.download = True  # Let TFDS download and prepare a dataset that is not there yet.
   config.data.builtin_max_bytes = 10_000_000  # Cap on the bytes of Python source `builtin:python` reads.
 
+  # Knowledge distillation (gptjax/train/distill.py; configs/distill.py): a `teacher` turns the run into one. The
+  # student trains on `data` with the teacher's tokenizer (`data.tokenizer` '' = the teacher's) and the loss
+  # alpha_kd * T^2 * KL(teacher_T || student_T) + alpha_lm * CE + alpha_cos * (1 - cos of the final hidden states).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ""  # A gptjax run folder, a Hugging Face folder or a hub name ('gpt2'); '' = off.
+  # Teacher blocks the student starts from, in increasing order, with the embeddings and the final LayerNorm
+  # (DistilGPT2: (0, 2, 4, 7, 9, 11) of GPT-2's 12); () = a student from scratch shaped by `student` below.
+  config.distill.student_layers = ()
+  config.distill.student = ml_collections.ConfigDict()  # From scratch: the teacher's shape with these; 0 = its own.
+  config.distill.student.num_layers = 0
+  config.distill.student.num_heads = 0
+  config.distill.student.emb_dim = 0
+  config.distill.student.mlp_dim = 0  # 0 with a new emb_dim = 4 * emb_dim.
+  config.distill.temperature = 2.0  # T: both distributions softened by logits / T.
+  config.distill.alpha_kd = 0.5  # Weight of the (T^2-scaled) KL term.
+  config.distill.alpha_lm = 0.5  # Weight of the next-token cross-entropy on the data.
+  config.distill.alpha_cos = 0.0  # Weight of 1 - cos(student, teacher) of the final hidden states (same width).
+  config.distill.reverse_kl = False  # True: KL(student || teacher), the mode-seeking direction (MiniLLM).
+
   # The optimiser (gptjax/optim.py): AdamW, linear warmup then cosine decay to lr * min_lr_ratio.
   config.opt = ml_collections.ConfigDict()
   config.opt.lr = 6e-4  # Peak learning rate (GPT-3 paper, 125M row).
@@ -107,6 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # Data-parallel ways; -1 = all devices the other axes leave.
   config.mesh.fsdp = 1  # Fully-sharded data-parallel ways (parameters and optimiser state split too).
   config.mesh.tensor = 1  # Tensor-parallel ways (heads, MLP width and vocabulary split).
+  # CPU only: split the host's cores into this many XLA devices, so data parallelism uses them (faster than one
+  # device's threads for small models: experiments/bench_train.py); 0 = as many as there are cores and divide the
+  # batch, 1 = one device. Ignored when XLA_FLAGS or JAX_NUM_CPU_DEVICES says, or JAX has already started.
+  config.mesh.cpu_devices = 0
 
   # Checkpoints (gptjax/checkpoint.py) in <workdir>/checkpoints; a restarted run resumes from the latest, and
   # SIGTERM / Ctrl-C saves the step just finished before exiting.

@@ -67,7 +67,9 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Tokens per sequence (and the mode
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Rounds; the frameworks take turns within each.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, allocator warm-up).")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "Which sides to run.")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "jax1", "torch"],
+                                "Which sides to run: jax (the trainer's CPU default, one XLA device per core), "
+                                "jax1 (one CPU device), torch.")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Wrap the PyTorch model in torch.compile.")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: 'framework:shape', driven over stdin.")
 
@@ -95,10 +97,17 @@ def _peak_host_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
 
 
-def _jax_side(name):
-  """(run(n) -> (seconds, last loss), info dict) for gptjax."""
+def _jax_side(name, one_device: bool = False):
+  """(run(n) -> (seconds, last loss), info dict) for gptjax.
+
+  On a CPU the trainer splits the cores into XLA devices that the batch is split over (`config.mesh.cpu_devices`,
+  `gptjax.sharding.split_cpu_cores`); this does the same unless `one_device` (the 'jax1' rows: one device whose
+  ops are parallelised over the cores by XLA's thread pool).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from gptjax import metrics as metrics_lib, model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
+  if not one_device:
+    sharding.split_cpu_cores(sharding.cpu_device_count(0, [_shape(name)[-1]]))
 
   on_gpu = jax.devices()[0].platform == "gpu"
   config = _model_config(name, on_gpu)
@@ -121,7 +130,8 @@ def _jax_side(name):
       return time.perf_counter() - start, loss
 
   run(batches[:_WARMUP.value])
-  info = {"framework": f"jax {jax.__version__}", "device": jax.devices()[0].device_kind,
+  devices = f" x{jax.device_count()}" if jax.devices()[0].platform == "cpu" else ""
+  info = {"framework": f"jax {jax.__version__}{devices}", "device": jax.devices()[0].device_kind,
           "params": model_lib.count_params(state.params), "num_devices": jax.device_count(),
           "flops_per_token": metrics_lib.flops_per_token(config, config.block_size),
           "peak_flops": metrics_lib.peak_flops_per_device()}
@@ -192,7 +202,8 @@ def _torch_side(name):
 def _serve_worker(spec):
   """Builds one side, then answers 'run' (one round) and 'done' (peak memory) on stdin, one JSON line each."""
   framework, name = spec.split(":")
-  run, info, peak = {"jax": _jax_side, "torch": _torch_side}[framework](name)
+  sides = {"jax": _jax_side, "jax1": lambda n: _jax_side(n, one_device=True), "torch": _torch_side}
+  run, info, peak = sides[framework](name)
   print("READY " + json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() == "run":

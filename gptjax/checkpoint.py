@@ -22,6 +22,11 @@ Temporary `<step>.orbax-checkpoint-tmp-*` directories of a save killed midway ar
 
 `initial_weights` resolves `config.init_from` (scratch, a run folder, a Hugging Face folder or hub name), and
 `load_workdir` reads a run folder's parameters for `gptjax.load`.
+
+Every directory here may be a cloud URI (`gs://bucket/run/checkpoints`): paths are `etils.epath` paths
+(`gptjax.paths`), which orbax reads and writes through itself (its array data through tensorstore's own `gs://`
+driver). In an object store orbax writes a step in place and `commit_success.txt` last, so the same rule finds
+complete steps there; setting a step aside copies it (no folder renames).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 import re
 from typing import Any, Optional, Union
 
@@ -40,6 +44,7 @@ from jax.experimental import multihost_utils
 
 from gptjax import hf
 from gptjax import model as model_lib
+from gptjax import paths
 
 ITEMS = ("params", "opt_state", "meta")
 # ModelConfig fields a run may change when it starts from trained weights: they do not change parameter shapes.
@@ -67,7 +72,7 @@ class Checkpointer:
     """
     if max_to_keep < 1:
       raise ValueError(f"checkpoint.max_to_keep must be >= 1, got {max_to_keep}")
-    self.directory = pathlib.Path(directory).expanduser().absolute()  # orbax requires absolute paths.
+    self.directory = paths.path(directory)  # Absolute when local (orbax requires it), or a cloud URI.
     if not read_only:
       if jax.process_index() == 0:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ class Checkpointer:
       raise UnreadableCheckpointError(step, item, self.directory, e) from e
     return dict(restored) if item == "meta" else restored
 
-  def set_aside(self, step: int, why: str) -> pathlib.Path:
+  def set_aside(self, step: int, why: str) -> paths.epath.Path:
     """Moves step `step` out of orbax's view to `<step>.<why>-<n>` (kept for inspection, never restored)."""
     target = _free_name(self.directory, f"{step}.{why}")
     (self.directory / str(step)).rename(target)
@@ -175,25 +180,27 @@ class Checkpointer:
 class UnreadableCheckpointError(ValueError):
   """A step whose folder is complete but one of whose items cannot be read."""
 
-  def __init__(self, step: int, item: str, directory: pathlib.Path, cause: BaseException):
+  def __init__(self, step: int, item: str, directory: paths.PathLike, cause: BaseException):
     self.step, self.item = step, item
     first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     super().__init__(f"Checkpoint step {step} in {directory}: item '{item}' cannot be read "
                      f"({type(cause).__name__}: {first_line[:300]})")
 
 
-def missing_parts(step_dir: pathlib.Path) -> list[str]:
+def missing_parts(step_dir: paths.epath.Path) -> list[str]:
   """What a step folder lacks to be a complete checkpoint (empty when complete)."""
   missing = [] if (step_dir / COMMIT_FILE).is_file() else [COMMIT_FILE]
   return missing + [item for item in ITEMS if not (step_dir / item).is_dir()]
 
 
-def set_aside_incomplete(directory: pathlib.Path) -> list[pathlib.Path]:
+def set_aside_incomplete(directory: paths.epath.Path) -> list[paths.epath.Path]:
   """Warns about, and renames out of orbax's view, step folders that a killed save left incomplete.
 
   Returns:
     The new paths of the folders set aside.
   """
+  if not directory.is_dir():  # In an object store a new folder exists only once it holds an object.
+    return []
   complete, incomplete = [], []
   for path in directory.iterdir():
     if path.is_dir() and re.fullmatch(r"\d+", path.name):
@@ -215,7 +222,7 @@ def set_aside_incomplete(directory: pathlib.Path) -> list[pathlib.Path]:
   return moved
 
 
-def _free_name(directory: pathlib.Path, stem: str) -> pathlib.Path:
+def _free_name(directory: paths.epath.Path, stem: str) -> paths.epath.Path:
   n = 0
   while (directory / f"{stem}-{n}").exists():
     n += 1
@@ -232,7 +239,7 @@ def is_workdir(path: Union[str, os.PathLike]) -> bool:
   A fine-tuning run folder is not one: its checkpoints hold the task head too, and its model is `<path>/best`
   (a Hugging Face folder with the head), which `gptjax.load` and `init_from` read instead.
   """
-  path = pathlib.Path(path)
+  path = paths.path(path)
   if not ((path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()):
     return False
   try:
@@ -243,7 +250,7 @@ def is_workdir(path: Union[str, os.PathLike]) -> bool:
 
 def read_run_config(workdir: Union[str, os.PathLike]) -> dict:
   """The run's config as saved by the trainer (a plain dict)."""
-  return json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
+  return json.loads((paths.path(workdir) / CONFIG_FILE).read_text())
 
 
 def load_workdir(workdir: Union[str, os.PathLike], step: Union[int, str] = "latest"):
@@ -258,7 +265,7 @@ def load_workdir(workdir: Union[str, os.PathLike], step: Union[int, str] = "late
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.path(workdir)
   if not is_workdir(workdir):
     raise FileNotFoundError(f"{workdir} is not a gptjax run folder: expected {CONFIG_FILE} and {CHECKPOINT_DIR}/")
   config = model_lib.ModelConfig.from_dict(read_run_config(workdir)["model"])
@@ -299,7 +306,7 @@ def initial_weights(init_from: str, requested: model_lib.ModelConfig):
   """
   if init_from in ("", "scratch"):
     return requested, None, "scratch"
-  path = pathlib.Path(init_from).expanduser()
+  path = paths.path(init_from)
   if (path / "best" / "finetune.json").is_file() and not is_workdir(path):
     path = path / "best"  # A fine-tuning run folder: its best model.
   if path.is_dir() and is_workdir(path):
@@ -307,9 +314,10 @@ def initial_weights(init_from: str, requested: model_lib.ModelConfig):
     params = jax.device_get(params)
     description = f"gptjax run {path} (step {step})"
   elif path.is_dir() and hf.is_hf_folder(path):
-    loaded, params = hf.load_hf(path)
+    with paths.local_copy(path) as local:  # safetensors reads local files.
+      loaded, params = hf.load_hf(local)
     description = f"Hugging Face folder {path}"
-  elif path.exists() or init_from.startswith((".", "/", "~")):
+  elif path.exists() or init_from.startswith((".", "/", "~")) or paths.is_uri(init_from):
     raise FileNotFoundError(f"config.init_from={init_from!r} is neither 'scratch', a gptjax run folder (config.json "
                             f"+ checkpoints/) nor a Hugging Face folder (config.json + model.safetensors)")
   else:

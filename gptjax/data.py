@@ -19,7 +19,10 @@ reading everything.
 
 Documents are joined with the tokenizer's `eos_id` between them (none for a char tokenizer). Each split is
 tokenised once into `<cache_dir>/<key>/{train,val}.bin`, where the key hashes the source's identity, the
-tokenizer's saved files and the validation rule; `meta.json`, written last, marks the entry complete.
+tokenizer's saved files and the validation rule; `meta.json`, written last, marks the entry complete. A cloud
+`cache_dir` (`gs://...`, see `gptjax.paths`) is a cache shared between machines: an entry found there is copied
+into the local default cache (under the same key) and memory-mapped from it; one tokenised here is uploaded
+there, `meta.json` last. The tokenizer folder may be a cloud folder too.
 
 Batches are random windows drawn from `np.random.default_rng([seed, step])` alone: no iterator state, so a run
 resumed at step k sees exactly the batches an uninterrupted run sees, and the data position to checkpoint is
@@ -45,6 +48,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from gptjax import paths
 from gptjax import tokenizer as tokenizer_lib
 
 DEFAULT_SOURCE = "builtin:python"
@@ -192,9 +196,14 @@ def prepare(
   tokenizer = build_tokenizer(tokenizer_spec, corpus, tokenizer_dir)
   fingerprint = _fingerprint(tokenizer)
   key = hashlib.sha256(json.dumps([_CACHE_VERSION, corpus.identity, fingerprint]).encode()).hexdigest()[:20]
-  entry = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / key
+  entry = paths.path(cache_dir or DEFAULT_CACHE_DIR) / key
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
   splits = {"train": corpus.train, "val": corpus.val}
+  files = [f"{name}.bin" for name in splits] + ["meta.json"]
+  shared, entry = (entry, paths.path(DEFAULT_CACHE_DIR) / key) if paths.is_uri(entry) else (None, entry)
+  if shared is not None and not _cache_complete(entry, dtype) and _cache_complete(shared, dtype):
+    paths.download_dir(shared, entry, names=files)  # meta.json last: a killed copy is not trusted.
+    logging.info("Copied token cache %s to %s.", shared, entry)
   if not _cache_complete(entry, dtype):
     entry.mkdir(parents=True, exist_ok=True)
     if num_workers is None:
@@ -209,6 +218,9 @@ def prepare(
     logging.info("Tokenised %s into %s: %s tokens.", source, entry, counts)
   else:
     logging.info("Reusing token cache %s.", entry)
+  if shared is not None and not _cache_complete(shared, dtype):
+    paths.upload_dir(entry, shared, names=files, last="meta.json")
+    logging.info("Uploaded token cache %s to %s.", entry, shared)
   return tokenizer, *(TokenDataset(entry / f"{name}.bin", dtype, name) for name in splits)
 
 
@@ -248,7 +260,7 @@ def load_corpus(source: str, *, val_fraction: float = 0.1, tfds_data_dir: str | 
 def build_tokenizer(spec: str, corpus: Corpus, tokenizer_dir: str | os.PathLike | None = None
                     ) -> tokenizer_lib.Tokenizer:
   """The tokenizer named by `spec`, reloaded from `tokenizer_dir` when a previous run saved it there."""
-  directory = pathlib.Path(tokenizer_dir).expanduser() if tokenizer_dir else None
+  directory = paths.path(tokenizer_dir) if tokenizer_dir else None
   if directory and (directory / _SPEC_FILE).is_file():
     saved = json.loads((directory / _SPEC_FILE).read_text())["tokenizer"]
     if saved != spec:
@@ -272,12 +284,23 @@ def build_tokenizer(spec: str, corpus: Corpus, tokenizer_dir: str | os.PathLike 
   else:
     tokenizer = tokenizer_lib.load_tokenizer(spec)
   if directory:
-    # Saved into a fresh folder then renamed: a run killed mid-save leaves no folder that looks complete.
+    _save_tokenizer(tokenizer, spec, directory)
+  return tokenizer
+
+
+def _save_tokenizer(tokenizer: tokenizer_lib.Tokenizer, spec: str, directory) -> None:
+  """Saves so that a run killed mid-save leaves no folder that looks complete (the spec file says complete)."""
+  if paths.is_local(directory):
+    # Into a fresh folder, then renamed into place; also replaces an empty folder (e.g. made by the trainer).
     staging = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
     tokenizer.save(staging)
     (staging / _SPEC_FILE).write_text(json.dumps({"tokenizer": spec}) + "\n")
-    os.replace(staging, directory)  # Also replaces an empty folder (e.g. made by the trainer).
-  return tokenizer
+    os.replace(staging, directory)
+    return
+  with tempfile.TemporaryDirectory(prefix="gptjax-") as staging:  # A cloud folder: no renames; the spec file last.
+    tokenizer.save(staging)
+    (pathlib.Path(staging) / _SPEC_FILE).write_text(json.dumps({"tokenizer": spec}) + "\n")
+    paths.upload_dir(staging, directory, last=_SPEC_FILE)
 
 
 def check_vocab_size(tokenizer: tokenizer_lib.Tokenizer, model_vocab_size: int) -> None:
@@ -429,13 +452,12 @@ def _fingerprint(tokenizer: tokenizer_lib.Tokenizer) -> str:
   return digest.hexdigest()
 
 
-def _cache_complete(entry: pathlib.Path, dtype: np.dtype) -> bool:
-  """True when meta.json exists and every split file has exactly the size it records."""
+def _cache_complete(entry, dtype: np.dtype) -> bool:
+  """True when meta.json exists and every split file has exactly the size it records (local or cloud entry)."""
   try:
     meta = json.loads((entry / "meta.json").read_text())
     return meta["dtype"] == dtype.name and all(
-        (entry / f"{name}.bin").stat().st_size == count * dtype.itemsize
-        for name, count in meta["num_tokens"].items())
+        paths.size(entry / f"{name}.bin") == count * dtype.itemsize for name, count in meta["num_tokens"].items())
   except (OSError, ValueError, KeyError):
     return False
 

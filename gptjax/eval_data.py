@@ -66,7 +66,7 @@ def read_jsonl(path: Union[str, os.PathLike]) -> Records:
       if not line.strip():
         continue
       try:
-        items.append(json.loads(line))
+        items.append(json.loads(line.rstrip("\r\n")))  # Without the newline, so the column is on this line.
       except json.JSONDecodeError as e:
         raise ValueError(f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
       where.append(f"{path} line {number}")

@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from typing import Optional
@@ -42,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import paths
 from gptjax.model import GPT, ModelConfig
 from gptjax.tasks import TASK_TOKENS, TaskData, TaskSpec, encode_records, read_records  # noqa: F401  (read_records:
 # gptjax.predict reads its data through this module)
@@ -302,7 +304,7 @@ def _eval_batches(data: TaskData, batch_size: int):
 
 def export_model(directory: os.PathLike, config: ModelConfig, params: dict, tokenizer, spec: TaskSpec,
                  extra: Optional[dict] = None) -> pathlib.Path:
-  """Writes the fine-tuned model (HF folder + tokenizer + head) to `directory`, replacing it atomically."""
+  """Writes the fine-tuned model (HF folder + tokenizer + head) to `directory`, replacing it (`replace_folder`)."""
   from gptjax.language_model import LanguageModel  # pylint: disable=g-import-not-at-top
   model = LanguageModel(config, jax.device_get(params["transformer"]), tokenizer)
   model.head = TaskHead(spec, jax.device_get(params["head"]))
@@ -311,7 +313,17 @@ def export_model(directory: os.PathLike, config: ModelConfig, params: dict, toke
 
 def replace_folder(directory: os.PathLike, model, extra: Optional[dict] = None) -> pathlib.Path:
   """Saves `model` (a `LanguageModel` with its `head`) to `directory`, replacing it atomically: a reader sees the
-  old model or the new one, never half of one."""
+  old model or the new one, never half of one. A cloud `directory` has no atomic folder rename: the old model is
+  removed, then the new one uploaded with the head's spec file (what `gptjax.load` looks for) last."""
+  if paths.is_uri(directory):
+    with tempfile.TemporaryDirectory(prefix="gptjax-") as staging:
+      model.save(staging)
+      model.head.save(staging, extra)
+      target = paths.path(directory)
+      if target.exists():
+        target.rmtree()
+      paths.upload_dir(staging, target, last=SPEC_FILE)
+    return target
   directory = pathlib.Path(directory)
   staging = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
   model.save(staging)

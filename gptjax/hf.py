@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from gptjax import paths
 from gptjax.model import ModelConfig
 
 # HF model_type -> (our name for the architecture, HF class name, embedding names).
@@ -241,7 +242,7 @@ def save_hf(directory: os.PathLike, config: ModelConfig, params: dict, *, eos_id
 
 
 def is_hf_folder(directory: os.PathLike) -> bool:
-  directory = pathlib.Path(directory)
+  directory = paths.path(directory)  # Also asked of cloud folders (gptjax.checkpoint.initial_weights).
   return (directory / "config.json").exists() and any((directory / n).exists() for n in _WEIGHT_FILES)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 from typing import Any
+
+from gptjax import paths
 
 CONFIG_FILE = "config.json"  # gptjax.checkpoint.CONFIG_FILE: the run's config in its workdir.
 METRICS_FILE = "metrics.jsonl"
@@ -27,7 +28,7 @@ def training_record(workdir: str | os.PathLike | None) -> tuple[dict | None, dic
   """(the run's config, its last metrics line merged over earlier ones) from a workdir; None where unknown."""
   if workdir is None:
     return None, None
-  workdir = pathlib.Path(workdir)
+  workdir = paths.path(workdir)  # Local, or the cloud workdir `gptjax.load` read the model from.
   config = json.loads((workdir / CONFIG_FILE).read_text()) if (workdir / CONFIG_FILE).is_file() else None
   metrics = None
   if (workdir / METRICS_FILE).is_file():
@@ -110,8 +111,8 @@ def push_to_hub(lm, repo_id: str, *, workdir: str | os.PathLike | None = None, p
   with tempfile.TemporaryDirectory() as tmp:
     folder = lm.save(pathlib.Path(tmp) / "model")
     (folder / "README.md").write_text(model_card(lm, repo_id, workdir))
-    if workdir is not None and (pathlib.Path(workdir) / CONFIG_FILE).is_file():
-      shutil.copy(pathlib.Path(workdir) / CONFIG_FILE, folder / "gptjax_config.json")
+    if workdir is not None and (paths.path(workdir) / CONFIG_FILE).is_file():
+      (folder / "gptjax_config.json").write_bytes((paths.path(workdir) / CONFIG_FILE).read_bytes())
     api = huggingface_hub.HfApi(token=token)
     try:
       api.create_repo(repo_id, private=private, exist_ok=True)

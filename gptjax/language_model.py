@@ -21,6 +21,7 @@ import numpy as np
 
 from gptjax import heads
 from gptjax import hf
+from gptjax import paths
 from gptjax import seq2seq
 from gptjax.inference import beam
 from gptjax.inference import engine as engine_lib
@@ -280,6 +281,10 @@ class LanguageModel:
     """
     if format != "hf":
       raise ValueError(f"Unknown save format {format!r}; supported: 'hf'")
+    if paths.is_uri(out_dir):  # A cloud folder: written locally (safetensors writes files), then uploaded.
+      with paths.local_folder_for(out_dir) as local:
+        self.save(local, format, dequantize)
+      return paths.path(out_dir)
     out_dir = pathlib.Path(out_dir)
     if self.quantization is not None:
       if not dequantize:
@@ -356,7 +361,7 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
   Returns:
     A `LanguageModel` with the folder's tokenizer (None when it has no tokenizer files).
   """
-  path = pathlib.Path(path_or_name).expanduser()
+  path = paths.path(path_or_name) if paths.is_uri(path_or_name) else pathlib.Path(path_or_name).expanduser()
   # --- gptjax run folders (branch `train`): the latest checkpoint's parameters and <workdir>/tokenizer. ---
   if (path / "checkpoints").is_dir():
     from gptjax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only when needed)
@@ -366,6 +371,13 @@ def load(path_or_name: Union[str, os.PathLike]) -> LanguageModel:
       model.workdir = path  # For push_to_hub's model card (gptjax/hub.py).
       return model
   # --- end of gptjax run folders. ---
+  if paths.is_uri(path):  # Any other cloud folder is read from a local copy (safetensors reads local files).
+    if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir: copy its best model only.
+      path = path / "best"
+    if not path.is_dir():
+      raise FileNotFoundError(f"No such model folder: {path}")
+    with paths.local_copy(path) as local:
+      return load(local)
   if (path / "best" / "finetune.json").is_file():  # A fine-tuning workdir (gptjax.finetune): its best model.
     path = path / "best"
   if path.is_dir():

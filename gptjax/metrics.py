@@ -1,20 +1,24 @@
 """What a run reports: FLOPs per token and MFU, and the writers (console line, metrics.jsonl, TensorBoard).
 
-Only process 0 writes; the others make silent writers, so the trainer calls them everywhere alike.
+Only process 0 writes; the others make silent writers, so the trainer calls them everywhere alike. The workdir
+may be local or in a cloud store (`gptjax.paths`): there `metrics.jsonl` and the event files are rewritten whole
+at each log line (object stores have no append), the events written first into a local folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import struct
+import tempfile
+import uuid
 from typing import Any, Optional
 
 import jax
 from absl import logging
 
 from gptjax import model as model_lib
+from gptjax import paths
 
 # Dense (not sparse) bfloat16 peak FLOP/s of one device, from the vendors' data sheets, for MFU. Matched in order
 # against the lower-cased `device_kind` (e.g. 'NVIDIA H100 80GB HBM3', 'TPU v5 lite'), so a name that contains
@@ -65,21 +69,15 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float
   return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old file or the new one."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def atomic_write_text(path: paths.PathLike, text: str) -> None:
+  """Writes `text` to `path` (local or cloud) so that a kill leaves the old file or the new one."""
+  paths.write_atomic(path, text)
 
 
-def _records_up_to(path: pathlib.Path, step: int) -> list[str]:
+def _records_up_to(path: paths.PathLike, step: int) -> list[str]:
   """The lines of a metrics.jsonl with step <= `step`; a line torn by a kill mid-write is dropped."""
   kept = []
-  for line in path.read_text(encoding="utf-8").splitlines():
+  for line in paths.path(path).read_text(encoding="utf-8").splitlines():
     try:
       record = json.loads(line)
     except ValueError:
@@ -89,39 +87,51 @@ def _records_up_to(path: pathlib.Path, step: int) -> list[str]:
   return kept
 
 
-def truncate_tensorboard(directory: pathlib.Path, step: int) -> int:
+# Summaries a run writes once, at its start: a resume drops the earlier copy and writes its own.
+CONFIG_TAG = "config"  # tensorboardX's add_text stores it as `config/text_summary`.
+HPARAMS_TAGS = ("_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info")
+RUN_INFO_TAGS = (f"{CONFIG_TAG}/text_summary", *HPARAMS_TAGS)
+
+
+def truncate_tensorboard(directory: paths.PathLike, step: int, drop_tags: tuple[str, ...] = ()) -> int:
   """Rewrites the TensorBoard event files in `directory` without the points past `step`; returns how many went.
 
   A resumed run logs the steps after its checkpoint again; without this, TensorBoard would draw both the killed
   run's points and the new ones (orbax keeps no events; tensorboardX's `purge_step` only hides them from readers
-  that implement it).
+  that implement it). Summaries tagged with one of `drop_tags` go at every step: the run info that the resumed run
+  writes again.
   """
-  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   dropped = 0
-  for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+  for path in sorted(paths.path(directory).glob("events.out.tfevents.*")):
     kept, removed = [], 0
     for data in read_tfrecords(path):
       event = event_pb2.Event.FromString(data)
-      if event.step > step and event.HasField("summary"):
+      if event.HasField("summary") and (event.step > step or
+                                        any(v.tag in drop_tags for v in event.summary.value)):
         removed += 1
       else:
         kept.append(data)
     if not removed:
       continue
-    tmp = path.with_name(path.name + ".tmp")
-    writer = record_writer.RecordWriter(str(tmp))
-    for data in kept:
-      writer.write(data)
-    writer.close()
-    os.replace(tmp, path)
+    _write_tfrecords(path, kept)
     dropped += removed
   return dropped
 
 
-def read_tfrecords(path: pathlib.Path):
+def _write_tfrecords(path: paths.PathLike, records: list[bytes]) -> None:
+  """Replaces the TFRecord file `path` with `records`, atomically (see `paths.write_atomic`)."""
+  from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+  pieces = []
+  for data in records:  # TFRecord framing: length, its CRC, the payload, its CRC.
+    header = struct.pack("<Q", len(data))
+    pieces += [header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))]
+  paths.write_atomic(path, b"".join(pieces))
+
+
+def read_tfrecords(path: paths.PathLike):
   """The payloads of a TFRecord file (an event file); stops quietly at a record torn by a kill."""
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     while True:
       header = f.read(12)
       if len(header) < 12:
@@ -144,35 +154,84 @@ class MetricWriter:
 
   On resume (`resume_step` > 0) both drop the points past the restored step first: they belong to the run that
   was killed, and the resumed run logs those steps again. At step 0 a fresh `metrics.jsonl` replaces any old one.
+
+  With `run_config` (the run's config.json as a dict), TensorBoard also gets the config once: as text (tag
+  `config`, a JSON code block) and as hparams (every setting under its dotted name, in the HParams dashboard,
+  whose metrics are the run's own scalars). Both are written at the step the run starts from, after dropping any
+  earlier copy, so a resumed run shows exactly one: its own. `finish` adds the best evaluation as `best_<metric>`
+  and marks the hparams session complete.
   """
 
-  def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: paths.PathLike, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True,
+               run_config: Optional[dict] = None):
     self.enabled = enabled
+    workdir = paths.path(workdir)
     self.path = workdir / "metrics.jsonl"
     self.tensorboard_dir = workdir / "tensorboard"
     self._tb = None
+    self._lines: list[str] = []  # metrics.jsonl's lines, kept for a cloud workdir (rewritten whole: no append).
+    self._staging = None  # A cloud workdir's events are written here first, then uploaded at each flush.
     if not enabled:
       return
     if self.path.exists():
-      kept = _records_up_to(self.path, resume_step)
-      atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+      self._lines = _records_up_to(self.path, resume_step)
+      atomic_write_text(self.path, "".join(line + "\n" for line in self._lines))
     if self.tensorboard_dir.is_dir():
-      truncate_tensorboard(self.tensorboard_dir, resume_step)
+      truncate_tensorboard(self.tensorboard_dir, resume_step, RUN_INFO_TAGS if run_config is not None else ())
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(str(self.tensorboard_dir))
+      local_dir = self.tensorboard_dir
+      if paths.is_uri(self.tensorboard_dir):
+        self._staging = tempfile.TemporaryDirectory(prefix="gptjax-tensorboard-")
+        local_dir = self._staging.name
+      # A unique suffix: two writers started in the same second on one host would otherwise share a file name.
+      self._tb = tensorboardX.SummaryWriter(os.fspath(local_dir), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+      if run_config is not None:
+        self._write_run_info(run_config, resume_step)
+
+  def _write_run_info(self, run_config: dict, step: int) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    text = "```json\n" + json.dumps(run_config, indent=2) + "\n```"
+    self._tb.add_text(CONFIG_TAG, text, step)
+    _, session_start, _ = summary.hparams(hparam_values(run_config), {})
+    # The session start alone: without an experiment summary the HParams dashboard takes every scalar of the run
+    # as a metric, so nothing needs listing here (and a metric first logged later is not missed).
+    self._tb.file_writer.add_summary(session_start, step)
+    self._flush()
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record)
+    if paths.is_local(self.path):
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    else:
+      self._lines.append(line)
+      atomic_write_text(self.path, "".join(l + "\n" for l in self._lines))
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(key, value, step)
-      self._tb.flush()
+      self._flush()
+
+  def finish(self, step: int, best: Optional[tuple[str, float]]) -> None:
+    """A run that reached its end: `best` = (metric name, best value) becomes the scalar `best_<name>` at `step`,
+    and the hparams session is marked complete."""
+    if self._tb is None:
+      return
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    if best is not None and best[1] is not None:
+      self._tb.add_scalar(f"best_{best[0]}", float(best[1]), step)
+    _, _, session_end = summary.hparams({}, {})
+    self._tb.file_writer.add_summary(session_end, step)
+    self._flush()
+
+  def _flush(self) -> None:
+    self._tb.flush()
+    if self._staging is not None:
+      paths.upload_dir(self._staging.name, self.tensorboard_dir)
 
   def info(self, message: str, *args) -> None:
     if self.enabled:
@@ -181,7 +240,25 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      if self._staging is not None:
+        paths.upload_dir(self._staging.name, self.tensorboard_dir)
+        self._staging.cleanup()
       self._tb = None
+
+
+def hparam_values(config: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested config as flat hparams: dotted names; numbers, strings and bools as they are, lists as JSON text,
+  None left out (the HParams dashboard has no null)."""
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(hparam_values(value, name + "."))
+    elif isinstance(value, (list, tuple)):
+      flat[name] = json.dumps(value)
+    elif value is not None:
+      flat[name] = value
+  return flat
 
 
 # Log lines name the trainer line that called `MetricWriter.info`, not the wrapper.

@@ -197,3 +197,36 @@ def _env_int(name: str) -> Optional[int]:
     return int(value)
   except ValueError:
     raise ValueError(f"Environment variable {name}={value!r} must be an integer") from None
+
+
+def cpu_device_count(requested: int, batch_sizes: Sequence[int], cores: Optional[int] = None) -> int:
+  """How many XLA CPU devices to split this machine's cores into for a run whose batches are `batch_sizes`.
+
+  `requested` is `config.mesh.cpu_devices`: a positive count is taken as it is; 0 means the largest count up to
+  the number of usable cores that divides every batch (so the default mesh, data = all devices, always fits).
+  """
+  if requested:
+    return requested
+  cores = cores or len(os.sched_getaffinity(0))
+  return max(d for d in range(1, cores + 1) if all(b % d == 0 for b in batch_sizes))
+
+
+def split_cpu_cores(count: int) -> Optional[int]:
+  """Exposes the host's CPU as `count` XLA devices (`jax_num_cpu_devices`), so data parallelism spans its cores.
+
+  Why: XLA's CPU backend runs one program per device and parallelises inside each op over one thread pool, so a
+  small model's step is hundreds of small ops, each split across the cores and joined again. With one device per
+  core the batch is split instead: each device runs the whole step on its rows without waiting for the others
+  until the gradient all-reduce (exact up to summation order). `experiments/bench_train.py` measures both.
+
+  Only before JAX has initialised its backends, and never over the user's own choice: does nothing (returns None)
+  when `XLA_FLAGS` sets `--xla_force_host_platform_device_count`, `JAX_NUM_CPU_DEVICES` is set, the backends are
+  already up (the config must be set before any JAX operation), or `count` is 1. Accelerators are unaffected:
+  the flag only shapes the CPU platform. Returns the count applied.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or os.environ.get("JAX_NUM_CPU_DEVICES") or xla_bridge.backends_are_initialized()):
+    return None
+  jax.config.update("jax_num_cpu_devices", count)
+  return count

@@ -27,6 +27,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from gptjax import paths
+
 EOS = "<|endoftext|>"
 KINDS = ("gpt2", "gpt1", "bpe", "char")
 TOKENIZER_FILE = "tokenizer.json"
@@ -170,14 +172,13 @@ class Tokenizer:
   def save(self, directory: str | os.PathLike) -> None:
     """Writes the tokenizer to `directory` (created if needed) so that `load_tokenizer(directory)` restores it,
     and so that `transformers.AutoTokenizer.from_pretrained(directory)` gives the same ids."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    self.backend.save(str(directory / TOKENIZER_FILE))
-    if self.kind != "char":
-      # The original OpenAI file pair; trained 'bpe' gets it too, since GPT2Tokenizer reads it the same way.
-      self.backend.model.save(str(directory))
-    _write_json(directory / CONFIG_FILE, self._hf_config())
-    _write_json(directory / MARKER_FILE, {"kind": self.kind, "vocab_size": self.vocab_size})
+    with paths.local_folder_for(directory) as local:  # A cloud folder: written here, then uploaded.
+      self.backend.save(str(local / TOKENIZER_FILE))
+      if self.kind != "char":
+        # The original OpenAI file pair; trained 'bpe' gets it too, since GPT2Tokenizer reads it the same way.
+        self.backend.model.save(str(local))
+      _write_json(local / CONFIG_FILE, self._hf_config())
+      _write_json(local / MARKER_FILE, {"kind": self.kind, "vocab_size": self.vocab_size})
 
   def _hf_config(self) -> dict:
     special = self.backend.get_added_tokens_decoder()
@@ -245,6 +246,11 @@ def load_tokenizer(name_or_dir: str | os.PathLike) -> Tokenizer:
     ValueError: a tokenizer file that cannot be read (the message names it).
     OSError: not a local path, and the Hub could not provide it.
   """
+  if paths.is_uri(name_or_dir):  # A cloud folder or file: read from a local copy (tokenizers reads local files).
+    if not paths.path(name_or_dir).exists():
+      raise FileNotFoundError(f"Tokenizer folder or file {name_or_dir} does not exist.")
+    with paths.local_copy(name_or_dir) as local:
+      return load_tokenizer(local)
   path = pathlib.Path(name_or_dir).expanduser()
   if path.is_file():
     marker = path.parent / MARKER_FILE if path.name == TOKENIZER_FILE else None

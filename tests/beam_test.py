@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import gptjax
-from hf_test import _hf_model  # pylint: disable=g-bad-import-order
+from tests.hf_reference import random_hf_model
 
 N = 12  # New tokens per prompt.
 
 
 @pytest.fixture(scope="module", params=["gpt2", "openai-gpt"])
 def models(request, tmp_path_factory):
-  ref = _hf_model(request.param, 97, 64, 2, 3, 24)
+  ref = random_hf_model(request.param, 97, 64, 2, 3, 24)
   path = tmp_path_factory.mktemp(request.param)
   ref.save_pretrained(path)
   return ref, gptjax.load(path)

@@ -16,11 +16,12 @@ from gptjax import optim
 from gptjax import sharding
 from gptjax import tokenizer as tokenizer_lib
 from gptjax import trainer
-import train_helpers
+from tests import tiny_lm
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 
-CONFIG = model_lib.ModelConfig(vocab_size=64, block_size=16, num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64)
+CONFIG = tiny_lm.model_config(vocab_size=64, block_size=16, num_layers=1, emb_dim=32)
 
 
 def _small_tree(value: float):

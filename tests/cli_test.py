@@ -1,4 +1,5 @@
-"""The `gptjax` command: subcommands dispatch to `python -m gptjax.<module>`, each --help listing its own flags."""
+"""The `gptjax` command (gptjax/cli.py, gptjax/__main__.py): subcommands dispatch to `python -m gptjax.<module>`,
+each --help listing its own flags."""
 
 import ast
 import importlib.util

@@ -9,7 +9,7 @@ import sys
 
 import jax
 
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 REPO = pathlib.Path(__file__).resolve().parents[1]

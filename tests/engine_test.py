@@ -1,6 +1,7 @@
-"""The inference engine: slots that requests join and leave, per-request settings in one compiled program, seeds that
-do not depend on the batch, log-probabilities against full forward passes, stops, cancellation, compile counts, the
-forward options (hidden states, attention, ablations) and bad settings."""
+"""The inference engine (gptjax/inference/engine.py, its compiled programs gptjax/inference/programs.py): slots that
+requests join and leave, per-request settings in one compiled program, seeds that do not depend on the batch,
+log-probabilities against full forward passes, stops, cancellation, compile counts, the forward options (hidden states,
+attention, ablations) and bad settings."""
 
 import collections
 import dataclasses
@@ -12,7 +13,7 @@ import pytest
 from gptjax import model as M
 from gptjax.inference import engine as E
 from gptjax.inference.sampling import SamplingSettings
-from tiny_lm import TINY, random_lm
+from tests.tiny_lm import TINY, random_lm
 
 S = SamplingSettings
 # One settings mix used by several tests: greedy, plain sampling, top-k, top-p, penalties.
@@ -315,3 +316,13 @@ def test_bad_prompts_and_ids_are_named(engine):
     engine.forward([[1, 2]], ablations=[("mlp", 5)])
   with pytest.raises(ValueError, match="is not \\('head', layer, head\\)"):
     engine.forward([[1, 2]], ablations=[("neuron", 0, 1)])
+
+
+def test_a_second_scheduler_is_refused_while_the_first_still_holds_requests(engine):
+  settings = E.SamplingSettings(max_tokens=3)
+  first = E.Scheduler(engine)
+  first.submit("a", _prompts(1)[0], settings)
+  with pytest.raises(RuntimeError, match=r"in use by another Scheduler that still has requests"):
+    E.Scheduler(engine)
+  _run(first)  # Done: its slots are free again, and the engine can serve someone else.
+  assert len(_alone(engine, _prompts(1)[0], settings)) == 3

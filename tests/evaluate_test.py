@@ -1,6 +1,6 @@
-"""Tests for gptjax.evaluate: a tiny GPT-2 (real 50257-token vocabulary, width 32, context 64) saved by
-Hugging Face, scored by us and by PyTorch on the same weights and text; real files, a real TFDS dataset on disk and
-a real `python -m gptjax.evaluate` subprocess."""
+"""Tests for gptjax.evaluate and the scoring under it (gptjax/inference/scoring.py): a tiny GPT-2 (real 50257-token
+vocabulary, width 32, context 64) saved by Hugging Face, scored by us and by PyTorch on the same weights and text; real
+files, a real TFDS dataset on disk and a real `python -m gptjax.evaluate` subprocess."""
 
 import json
 import math
@@ -16,13 +16,14 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-import assets
 import gptjax
 from gptjax import data as data_lib
 from gptjax import evaluate
 from gptjax.inference import engine as E
 from gptjax.language_model import LanguageModel
 from gptjax.tokenizer import char_tokenizer
+from tests import assets
+from tests.hf_reference import next_token_logprobs, window_logprob
 
 EOS = 50256
 BLOCK = 64
@@ -61,30 +62,6 @@ def hf_model(model_dir):
   return transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
 
 
-def _hf_logprobs(hf_model, ids) -> np.ndarray:
-  """log p(ids[t + 1] | ids[:t + 1]) for t = 0 .. len(ids) - 2, by PyTorch."""
-  with torch.no_grad():
-    logits = hf_model(torch.tensor([list(ids[:-1])])).logits[0].double()
-  logprobs = torch.log_softmax(logits, -1)
-  return logprobs.gather(1, torch.tensor(list(ids[1:]))[:, None])[:, 0].numpy()
-
-
-def _reference_window_logprob(hf_model, stream, context, stride) -> float:
-  """Sums each target's log-prob given exactly the context the stated rule gives it, computed target by target.
-
-  Target i (predicting stream[i + 1]) is scored by the first window that reaches it: the window starting at 0
-  when i < context, else at ceil((i + 1 - context) / stride) * stride.
-  """
-  n = len(stream) - 1
-  begins = [0 if i < context else -(-(i + 1 - context) // stride) * stride for i in range(n)]
-  total = 0.0
-  for begin in sorted(set(begins)):
-    targets = [i for i in range(n) if begins[i] == begin]
-    logprobs = _hf_logprobs(hf_model, stream[begin:max(targets) + 2])
-    total += sum(logprobs[i - begin] for i in targets)
-  return total
-
-
 def test_perplexity_equals_hugging_face_exp_mean_nll(lm, hf_model):
   text = TEXT[:150]
   ids = [EOS] + lm.tokenizer.encode(text)
@@ -105,7 +82,7 @@ def test_sliding_window_matches_target_by_target_reference(lm, hf_model, context
   assert len(stream) > 2 * BLOCK
   score = lm.score(TEXT, context=context, stride=stride)
   assert (score.num_tokens, score.num_bytes) == (len(stream) - 1, len(TEXT.encode()))
-  np.testing.assert_allclose(score.logprob, _reference_window_logprob(hf_model, stream, context, stride),
+  np.testing.assert_allclose(score.logprob, window_logprob(hf_model, stream, context, stride),
                              rtol=1e-5)
 
 
@@ -119,7 +96,7 @@ def test_stride_equal_to_context_is_independent_chunks(lm, hf_model):
   context = 32
   stream = [EOS] + lm.tokenizer.encode(TEXT)
   # Chunk k feeds stream[kC : kC + C] and predicts stream[kC + 1 : kC + C + 1], with no memory of chunk k - 1.
-  expected = sum(_hf_logprobs(hf_model, stream[begin:begin + context + 1]).sum()
+  expected = sum(next_token_logprobs(hf_model, stream[begin:begin + context + 1]).sum()
                  for begin in range(0, len(stream) - 1, context))
   assert evaluate.sliding_windows(len(stream) - 1, context, context)[1] == (context, 2 * context, context)
   np.testing.assert_allclose(lm.score(TEXT, context=context, stride=context).logprob, expected, rtol=1e-5)
@@ -133,7 +110,7 @@ def test_batched_padded_scores_equal_pytorch_text_by_text_and_shapes_are_buckete
   for text, score in zip(texts[:-1], scores):
     stream = [EOS] + lm.tokenizer.encode(text)
     assert (score.num_tokens, score.num_bytes) == (len(stream) - 1, len(text.encode()))
-    np.testing.assert_allclose(score.logprob, _hf_logprobs(hf_model, stream).sum(), rtol=1e-5)
+    np.testing.assert_allclose(score.logprob, next_token_logprobs(hf_model, stream).sum(), rtol=1e-5)
   assert scores[-1] == evaluate.TextScore(0.0, 0, 0)
   single = lm.score(texts[-2])
   assert isinstance(single, evaluate.TextScore) and single.logprob == pytest.approx(scores[-2].logprob, rel=1e-6)
@@ -150,7 +127,7 @@ def test_without_endoftext_the_first_token_is_context_only(lm, hf_model):
   text = TEXT[:50]
   score = char_lm.score(text)
   assert (score.num_tokens, score.num_bytes) == (len(text) - 1, len(text.encode()))
-  np.testing.assert_allclose(score.logprob, _hf_logprobs(hf_model, tokenizer.encode(text)).sum(), rtol=1e-5)
+  np.testing.assert_allclose(score.logprob, next_token_logprobs(hf_model, tokenizer.encode(text)).sum(), rtol=1e-5)
   result = evaluate.perplexity(char_lm, [text])
   assert result["settings"]["first_token"].startswith("not scored")
 
@@ -204,7 +181,7 @@ def _brute_force_choice(lm, hf_model, example):
   for ending in example["endings"]:
     ending_ids = lm.tokenizer.encode(" " + ending)
     stream = ([EOS] + context_ids + ending_ids)[-(BLOCK + 1):]
-    out.append((_hf_logprobs(hf_model, stream)[-len(ending_ids):].sum(), len((" " + ending).encode())))
+    out.append((next_token_logprobs(hf_model, stream)[-len(ending_ids):].sum(), len((" " + ending).encode())))
   return out
 
 
@@ -245,7 +222,7 @@ def test_lambada_agrees_with_brute_force(lm, hf_model, tmp_path):
     with torch.no_grad():
       logits = hf_model(torch.tensor([stream[:-1]])).logits[0, -len(target_ids):]
     correct.append(logits.argmax(-1).tolist() == target_ids)
-    logprobs.append(_hf_logprobs(hf_model, stream)[-len(target_ids):].sum())
+    logprobs.append(next_token_logprobs(hf_model, stream)[-len(target_ids):].sum())
   assert correct[0] and not all(correct)
   assert result["metrics"]["acc"] == pytest.approx(np.mean(correct))
   assert result["metrics"]["ppl"] == pytest.approx(math.exp(-np.mean(logprobs)), rel=1e-4)

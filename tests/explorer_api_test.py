@@ -1,4 +1,5 @@
-"""POST /v1/explore and GET /explorer, through FastAPI's TestClient, checked against independent computations.
+"""POST /v1/explore and GET /explorer (gptjax/explore.py, gptjax/serve/explorer.py), through FastAPI's TestClient,
+checked against independent computations.
 
 References are built apart from the code under test: probabilities from `lm.logits`, ablations from parameters
 with the ablated weights zeroed, the logit lens's first layer from the embeddings in numpy.
@@ -20,7 +21,7 @@ from gptjax.language_model import LanguageModel
 from gptjax.serve import explorer
 from gptjax.tokenizer import char_tokenizer, train_bpe
 
-import tiny_lm
+from tests import tiny_lm
 
 TEXT = "Hello world!\nHello"
 

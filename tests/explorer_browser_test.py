@@ -18,7 +18,7 @@ import pytest
 
 from gptjax.tokenizer import train_bpe
 
-import tiny_lm
+from tests import tiny_lm
 
 pytestmark = pytest.mark.browser
 

@@ -1,6 +1,6 @@
 """Fine-tuning end to end through the CLIs: pre-train a tiny GPT-2 on the standard library with `gptjax.train`,
 fine-tune it with `configs/finetune_sst2.py` on a real 2-class task built from other standard-library modules
-(English comment or code?), resume, predict with `gptjax.predict`, classify with `gptjax.load`.
+(English comment or code?), resume, predict with `gptjax.predict` (gptjax/predict.py), classify with `gptjax.load`.
 
 Kept apart from finetune_test.py: it takes ~1-1.5 minutes on the shared 2-core machine (mostly XLA compiles in
 three subprocesses).

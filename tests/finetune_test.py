@@ -1,11 +1,10 @@
 """gptjax.finetune: the grown embedding, the head on the extract token, task + lambda * LM loss, metrics, and the
-saved head behind gptjax.load / classify / choose."""
+saved head behind gptjax.load / classify / choose (gptjax/heads.py)."""
 
 import dataclasses
 import functools
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,17 +27,27 @@ def _tokenizer():
   return tok, ids
 
 
-_init = jax.jit(M.init_params, static_argnums=0)  # Eager init runs op by op: many times slower on CPU.
-_MODELS = {}
+@pytest.fixture
+def tiny_model(tiny_model_config, tiny_params):
+  """`tiny_model(tokenizer)` -> (config, params): a 1-layer GPT sized to the tokenizer, context 32, built once per
+  config (conftest's `tiny_params`: compiling is the slow part of these tests)."""
+
+  def make(tok):
+    config = tiny_model_config(vocab_size=tok.vocab_size, num_layers=1, mlp_dim=32)
+    return config, tiny_params(config)
+
+  return make
 
 
-def _tiny_model(tok, **overrides):
-  """A 1-layer GPT sized to `tok`, built once per config (compiling is the slow part of these tests)."""
-  config = M.ModelConfig(**{**dict(vocab_size=tok.vocab_size, block_size=32, num_layers=1, num_heads=2, emb_dim=16,
-                                   mlp_dim=32, dropout_rate=0.0, attention_dropout_rate=0.0), **overrides})
-  if config not in _MODELS:
-    _MODELS[config] = nn.meta.unbox(_init(config, jax.random.key(0)))
-  return config, _MODELS[config]
+@pytest.fixture
+def task_params(tiny_model):
+  """`task_params(tokenizer, spec, seed=0)` -> (config, {"transformer": ..., "head": ...}), the head initialised."""
+
+  def make(tok, spec, seed=0):
+    config, params = tiny_model(tok)
+    return config, {"transformer": params, "head": F.init_head(spec, config, jax.random.key(seed + 7))}
+
+  return make
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -57,8 +66,8 @@ def _padded_gpt(config, params, tokens_BL, mask_BL):
 
 
 def _last_states(config, params, seqs):
-  """The final hidden state of each sequence, run LEFT-padded: an independent way to find the extract token's
-  state (the fine-tuning path right-pads and gathers by index)."""
+  """The final hidden state of each sequence, run LEFT-padded through the Linen model itself: an independent way
+  to find the extract token's state (the fine-tuning path and the engine right-pad and gather by index)."""
   width = max(map(len, seqs))
   tokens = np.array([[0] * (width - len(s)) + list(s) for s in seqs], np.int32)
   mask = np.array([[0] * (width - len(s)) + [1] * len(s) for s in seqs], bool)
@@ -81,10 +90,9 @@ def _seq(data, i=0, j=0):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_grow_embedding_adds_initialised_rows_and_keeps_old_ones(tie):
+def test_grow_embedding_adds_initialised_rows_and_keeps_old_ones(tiny_model_config, tie):
   rng = np.random.default_rng(0)
-  config = M.ModelConfig(vocab_size=40, block_size=8, num_layers=1, num_heads=2, emb_dim=64, mlp_dim=32,
-                         tie_embeddings=tie, init_std=0.05)
+  config = tiny_model_config(vocab_size=40, num_layers=1, emb_dim=64, mlp_dim=32, tie_embeddings=tie, init_std=0.05)
   params = {"wte": {"embedding": rng.normal(size=(40, 64)).astype(np.float32)},
             "h_0": {"mlp": {"c_fc": {"kernel": rng.normal(size=(64, 32)).astype(np.float32)}}}}
   if not tie:
@@ -107,24 +115,20 @@ def test_grow_embedding_adds_initialised_rows_and_keeps_old_ones(tie):
   assert same_config == grown_config and same is grown
 
 
-def _task_params(tok, spec, seed=0, **overrides):
-  config, params = _tiny_model(tok, **overrides)
-  return config, {"transformer": params, "head": F.init_head(spec, config, jax.random.key(seed + 7))}
-
-
-def test_auxiliary_term_is_exactly_lambda_times_the_text_lm_loss():
+def test_auxiliary_term_is_exactly_lambda_times_the_text_lm_loss(task_params):
   tok, ids = _tokenizer()
   spec = T.TaskSpec("entailment", ("p", "h"), labels=("no", "yes"))
   rows = [{"p": "the cat sat on the mat", "h": "a cat sat", "label": "yes"},
           {"p": "it is late", "h": "it is early!", "label": "no"}, {"p": "x", "h": "y", "label": "no"}]
   data = T.encode_records(spec, tok, ids, _records(rows), 32)
-  config, params = _task_params(tok, spec)
+  config, params = task_params(tok, spec)
   batch = {"tokens": data.tokens, "lengths": data.lengths, "labels": data.labels}
   assert data.num_truncated == 1 and data.lengths[:, 0].tolist() == [32, 25, 5]  # Row 1 loses 2 characters.
   task_ids = tuple(ids.values())
   total_off, aux_off = _losses(config, spec.kind, task_ids, params, batch, lm_coef=0.0)
   total, aux = _losses(config, spec.kind, task_ids, params, batch, lm_coef=0.5)
-  # An independent LM loss: the GPT's logits, text targets only, softmax over the vocabulary minus task tokens.
+  # The LM loss recomputed in numpy from the GPT's logits: text targets only, softmax over the vocabulary minus the
+  # task tokens.
   logits = np.asarray(_padded_gpt(config, params["transformer"], data.tokens[:, 0], data.tokens[:, 0] > -1)[0],
                       np.float64)
   nll = []
@@ -145,12 +149,12 @@ def test_auxiliary_term_is_exactly_lambda_times_the_text_lm_loss():
   # Rows 2 and 3 are right-padded to row 1's length: their padding is neither input nor target.
 
 
-def test_head_reads_each_sequence_at_its_own_extract_token_and_similarity_sums_both_orders():
+def test_head_reads_each_sequence_at_its_own_extract_token_and_similarity_sums_both_orders(task_params):
   tok, ids = _tokenizer()
   spec = T.TaskSpec("similarity", ("a", "b"), labels=("diff", "same"))
   rows = [{"a": "a long first sentence", "b": "hi", "label": "same"}, {"a": "no", "b": "yes", "label": "diff"}]
   data = T.encode_records(spec, tok, ids, _records(rows), 32)
-  config, params = _task_params(tok, spec)
+  config, params = task_params(tok, spec)
   outputs, _, _ = _forward(config, spec.kind, params, data.tokens, data.lengths)
   states = _last_states(config, params["transformer"], [_seq(data, i, j) for i in range(2) for j in range(2)])
   head = params["head"]
@@ -159,12 +163,12 @@ def test_head_reads_each_sequence_at_its_own_extract_token_and_similarity_sums_b
     np.testing.assert_allclose(outputs[i], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_multiple_choice_scores_each_answer_and_normalises_across_answers():
+def test_multiple_choice_scores_each_answer_and_normalises_across_answers(task_params):
   tok, ids = _tokenizer()
   spec = T.TaskSpec("multiple_choice", ("ctx",), choice_fields=("answers",), num_choices=3)
   data = T.encode_records(spec, tok, ids, _records([{"ctx": "the sky is", "answers": ["blue", "red", "wet"],
                                                      "label": 0}]), 32)
-  config, params = _task_params(tok, spec)
+  config, params = task_params(tok, spec)
   outputs, _, _ = _forward(config, spec.kind, params, data.tokens, data.lengths)
   assert outputs.shape == (1, 3)
   states = _last_states(config, params["transformer"], [_seq(data, 0, j) for j in range(3)])
@@ -192,16 +196,35 @@ def test_metrics():
 # ---- The saved head: gptjax.load, classify, choose ---------------------------------------------------------------
 
 
-def _fine_tuned(tmp_path, spec, seed=0):
-  tok, _ = _tokenizer()
-  config, params = _task_params(tok, spec, seed=seed)
-  out = F.export_model(tmp_path / "model", config, params, tok, spec, extra={"step": 3})
-  return out, config, params, tok
+@pytest.fixture
+def fine_tuned(task_params, tmp_path):
+  """`fine_tuned(spec, name='model')` -> (folder, config, params, tokenizer): an initialised head exported."""
+
+  def make(spec, name="model"):
+    tok, _ = _tokenizer()
+    config, params = task_params(tok, spec)
+    out = F.export_model(tmp_path / name, config, params, tok, spec, extra={"step": 3})
+    return out, config, params, tok
+
+  return make
 
 
-def test_saved_head_is_restored_by_gptjax_load_and_used_by_choose(tmp_path):
+def _head_outputs(config, params, tok, task, segments):
+  """What the head gives one example, from `_last_states` of the sequences the GPT-1 layout builds: per answer
+  (multiple choice), else of the states summed over the example's sequences (both orders for similarity)."""
+  ids = {t: tok.token_to_id(t) for t in T.TASK_TOKENS}
+  encoded = [[tok.encode(a) for a in s] if isinstance(s, list) else tok.encode(s) for s in segments]
+  seqs, _ = T.format_sequences(task, encoded, ids, config.block_size)
+  states = np.asarray(_last_states(config, params["transformer"], seqs))
+  kernel, bias = np.asarray(params["head"]["kernel"]), np.asarray(params["head"]["bias"])
+  if task == "multiple_choice":
+    return states @ kernel[:, 0] + bias[0]
+  return states.sum(axis=0) @ kernel + bias
+
+
+def test_saved_head_is_restored_by_gptjax_load_and_used_by_choose(fine_tuned, tmp_path):
   spec = T.TaskSpec("multiple_choice", ("premise", "question"), choice_fields=("c1", "c2"), num_choices=2)
-  out, config, params, tok = _fine_tuned(tmp_path, spec)
+  out, config, params, tok = fine_tuned(spec)
   assert {p.name for p in out.iterdir()} >= {"config.json", "finetune.json", "head.safetensors", "model.safetensors",
                                             "tokenizer.json"}
   model = gptjax.load(out)
@@ -209,16 +232,17 @@ def test_saved_head_is_restored_by_gptjax_load_and_used_by_choose(tmp_path):
   np.testing.assert_array_equal(model.head.params["kernel"], params["head"]["kernel"])
   assert json.loads((out / "finetune.json").read_text())["step"] == 3
   # choose == the softmax across the answers' head scores of the sequences built by the task format.
-  probs = model.choose("it rained. effect", ["wet grass", "dry grass", "a cat"], probabilities=True)
-  ids = {t: tok.token_to_id(t) for t in T.TASK_TOKENS}
-  seqs, _ = T.format_sequences("multiple_choice", [tok.encode("it rained. effect"),
-                                                   [tok.encode(a) for a in ("wet grass", "dry grass", "a cat")]],
-                               ids, 32)
-  states = _last_states(config, params["transformer"], seqs)
-  scores = np.asarray(states @ params["head"]["kernel"][:, 0] + params["head"]["bias"][0])
+  answers = ["wet grass", "dry grass", "a cat"]
+  scores = _head_outputs(config, params, tok, "multiple_choice", ["it rained. effect", answers])
+  probs = model.choose("it rained. effect", answers, probabilities=True)
   np.testing.assert_allclose(probs, jax.nn.softmax(jnp.array(scores)), rtol=1e-5)
-  assert model.choose("it rained. effect", ["wet grass", "dry grass", "a cat"]) == int(np.argmax(scores))
-  assert model.choose(["a", "b"], [["x", "y"], ["y", "x"]]) in ([0, 0], [0, 1], [1, 0], [1, 1])
+  assert model.choose("it rained. effect", answers) == int(np.argmax(scores))
+  # A batch: each context with its own answers. The same two answers in both orders must get opposite indices.
+  contexts, answer_lists = ["a", "a", "b"], [["x", "y"], ["y", "x"], ["x", "y", "z"]]
+  expected = [_head_outputs(config, params, tok, "multiple_choice", [c, a]) for c, a in zip(contexts, answer_lists)]
+  assert model.choose(contexts, answer_lists) == [int(np.argmax(e)) for e in expected]
+  for got, want in zip(model.choose(contexts, answer_lists, probabilities=True), expected):
+    np.testing.assert_allclose(got, jax.nn.softmax(jnp.array(want)), rtol=1e-5)
   with pytest.raises(ValueError, match="fine-tuned for multiple_choice: use LanguageModel.choose, not classify"):
     model.classify("hello")
   # Saving the loaded model again keeps the head.
@@ -226,22 +250,29 @@ def test_saved_head_is_restored_by_gptjax_load_and_used_by_choose(tmp_path):
   np.testing.assert_array_equal(again.head.params["bias"], params["head"]["bias"])
 
 
-def test_classify_labels_pairs_and_regression(tmp_path):
+def test_classify_labels_pairs_and_regression(fine_tuned, tiny_model):
   spec = T.TaskSpec("entailment", ("premise", "hypothesis"), labels=("entailment", "neutral", "contradiction"))
-  out, *_ = _fine_tuned(tmp_path, spec)
+  out, config, params, tok = fine_tuned(spec)
   model = gptjax.load(out)
   probs = model.classify(("a cat sat.", "a cat"), probabilities=True)
-  assert list(probs) == list(spec.labels) and sum(probs.values()) == pytest.approx(1.0)
-  assert model.classify(("a cat sat.", "a cat")) == max(probs, key=probs.get)
+  assert list(probs) == list(spec.labels)
+  expected = jax.nn.softmax(jnp.array(_head_outputs(config, params, tok, "entailment", ["a cat sat.", "a cat"])))
+  np.testing.assert_allclose(list(probs.values()), expected, rtol=1e-5)
+  assert model.classify(("a cat sat.", "a cat")) == spec.labels[int(np.argmax(expected))]
   batch = model.classify([("a cat sat.", "a cat"), {"premise": "no", "hypothesis": "yes"}])
-  assert len(batch) == 2 and batch[0] == max(probs, key=probs.get)
+  second = _head_outputs(config, params, tok, "entailment", ["no", "yes"])
+  assert batch == [spec.labels[int(np.argmax(expected))], spec.labels[int(np.argmax(second))]]
   with pytest.raises(ValueError, match=r"input 0: entailment takes 2 text\(s\)"):
     model.classify(["just one"])
   with pytest.raises(ValueError, match="fine-tuned for entailment: use LanguageModel.classify, not choose"):
     model.choose("a", ["b", "c"])
+  # Regression: the head's one output, the states of both orders (a, b) and (b, a) summed.
   regression = T.TaskSpec("similarity", ("a", "b"), regression=True)
-  score = gptjax.load(_fine_tuned(tmp_path / "r", regression)[0]).classify(("one", "two"))
+  out, config, params, tok = fine_tuned(regression, name="regression")
+  score = gptjax.load(out).classify(("one", "two"))
   assert isinstance(score, float)
-  plain = LanguageModel(*_tiny_model(tokenizer_lib.char_tokenizer(ALPHABET)))
+  (expected,) = _head_outputs(config, params, tok, "similarity", ["one", "two"])
+  assert score == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+  plain = LanguageModel(*tiny_model(tokenizer_lib.char_tokenizer(ALPHABET)))
   with pytest.raises(ValueError, match="classify needs a fine-tuned model"):
     plain.classify("hello")

@@ -1,18 +1,23 @@
 """Requests: ragged batches, greedy equivalents, reproducible seeds, bucketing without recompiles, stop sequences,
-unconditional samples, UTF-8-safe streaming text, truncation and bad input."""
+unconditional samples, UTF-8-safe streaming text, truncation and bad input.
+
+These tests hold generation to its own promises, one call against another on the same path (a ragged batch
+against each prompt alone, top_k=1 against greedy, a stream against `generate`, a stop against the uncut text);
+the reference outside gptjax (Hugging Face `generate` on the same weights) is sampling_test.py's and beam_test.py's.
+"""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-import assets
 from gptjax.inference import engine as E
 from gptjax.inference import generation as G
 from gptjax.inference import sampling as S
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
-from tiny_lm import CORPUS, SAMPLE, TINY, random_lm
-from tiny_lm import text_lm as make_text_lm
+from tests import assets
+from tests.tiny_lm import CORPUS, SAMPLE, TINY, random_lm
+from tests.tiny_lm import text_lm as make_text_lm
 
 
 @pytest.fixture(scope="module")

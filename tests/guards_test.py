@@ -10,7 +10,7 @@ import pytest
 
 from gptjax.train import guards
 from gptjax.train import loop
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 

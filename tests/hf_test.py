@@ -2,8 +2,6 @@
 
 import json
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 import torch
@@ -11,39 +9,16 @@ import transformers
 
 import gptjax
 from gptjax import hf
-from gptjax import model as M
+from tests import hf_reference
 
 # (vocab, context, layers, heads, width): odd head counts, small vocabularies, short contexts.
 SHAPES = [(97, 16, 2, 3, 24), (50, 8, 1, 1, 8), (257, 32, 3, 5, 40)]
 
 
-def _hf_model(arch, vocab, context, layers, heads, width, seed=0):
-  torch.manual_seed(seed)
-  if arch == "gpt2":
-    config = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_layer=layers, n_head=heads,
-                                     n_embd=width)
-    model = transformers.GPT2LMHeadModel(config)
-  else:
-    config = transformers.OpenAIGPTConfig(vocab_size=vocab, n_positions=context, n_layer=layers, n_head=heads,
-                                          n_embd=width)
-    model = transformers.OpenAIGPTLMHeadModel(config)
-  # HF's init leaves LayerNorms at (1, 0) and biases at 0: randomise everything so every tensor is checked.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.copy_(torch.randn_like(p) * (0.3 if "ln" in name or "bias" in name else 0.1) + (1.0 if
-              name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0))
-  return model.eval()
-
-
-def _torch_logits(model, ids):
-  with torch.no_grad():
-    return model(torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.numpy()
-
-
 @pytest.mark.parametrize("arch", ["gpt2", "openai-gpt"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "v{}_c{}_l{}_h{}_d{}".format(*s))
 def test_logits_match_pytorch_on_the_same_weights(tmp_path, arch, shape):
-  reference = _hf_model(arch, *shape)
+  reference = hf_reference.random_hf_model(arch, *shape)
   reference.save_pretrained(tmp_path)
   lm = gptjax.load(tmp_path)
   assert hf.model_type(lm.config) == arch
@@ -51,55 +26,52 @@ def test_logits_match_pytorch_on_the_same_weights(tmp_path, arch, shape):
   ids = np.random.default_rng(0).integers(0, vocab, size=(2, context))
   ours = lm.logits(ids)
   assert ours.shape == (2, context, vocab) and ours.dtype == np.float32
-  np.testing.assert_allclose(ours, _torch_logits(reference, ids), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(ours, hf_reference.torch_logits(reference, ids), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "openai-gpt"])
 def test_export_round_trip_loads_in_transformers_with_the_same_logits(tmp_path, arch):
-  reference = _hf_model(arch, 97, 16, 2, 3, 24, seed=1)
+  reference = hf_reference.random_hf_model(arch, 97, 16, 2, 3, 24, seed=1)
   reference.save_pretrained(tmp_path / "in")
   lm = gptjax.load(tmp_path / "in")
   lm.save(tmp_path / "out")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
   assert type(reloaded) is type(reference)
   ids = np.arange(16)[None] % 97
-  np.testing.assert_allclose(_torch_logits(reloaded, ids), lm.logits(ids), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(hf_reference.torch_logits(reloaded, ids), lm.logits(ids), atol=1e-4, rtol=0)
   # And back again: gptjax reads what it wrote.
   np.testing.assert_array_equal(gptjax.load(tmp_path / "out").logits(ids), lm.logits(ids))
 
 
-@pytest.mark.parametrize("config", [
-    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=40),
-    M.ModelConfig(vocab_size=61, block_size=12, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64, norm="post",
-                  final_norm=False, scale_residual_init=False),
-], ids=["gpt2", "gpt1"])
-def test_our_initialised_model_exports_to_transformers(tmp_path, config):
-  params = nn.meta.unbox(M.init_params(config, jax.random.key(0)))
-  lm = gptjax.LanguageModel(config, params)
+@pytest.mark.parametrize("arch, mlp_dim", [("gpt2", 40), ("gpt1", 64)])
+def test_our_initialised_model_exports_to_transformers(tmp_path, tiny_model_config, tiny_params, arch, mlp_dim):
+  config = tiny_model_config(arch, block_size=12, mlp_dim=mlp_dim)
+  lm = gptjax.LanguageModel(config, tiny_params(config))
   lm.save(tmp_path)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+  assert type(reloaded) is {"gpt2": transformers.GPT2LMHeadModel, "gpt1": transformers.OpenAIGPTLMHeadModel}[arch]
   ids = np.arange(12)[None] * 5 % 61
-  np.testing.assert_allclose(_torch_logits(reloaded, ids), lm.logits(ids), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(hf_reference.torch_logits(reloaded, ids), lm.logits(ids), atol=1e-5, rtol=0)
 
 
 def test_pytorch_bin_checkpoints_load(tmp_path):
-  reference = _hf_model("gpt2", 50, 8, 1, 1, 8, seed=2)
+  reference = hf_reference.random_hf_model("gpt2", 50, 8, 1, 1, 8, seed=2)
   torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
   reference.config.to_json_file(tmp_path / "config.json")
   ids = np.arange(8)[None]
-  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), _torch_logits(reference, ids), atol=1e-4)
+  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), hf_reference.torch_logits(reference, ids), atol=1e-4)
 
 
 def test_sharded_safetensors_checkpoints_load(tmp_path):
-  reference = _hf_model("gpt2", 257, 32, 3, 5, 40, seed=3)
+  reference = hf_reference.random_hf_model("gpt2", 257, 32, 3, 5, 40, seed=3)
   reference.save_pretrained(tmp_path, max_shard_size="40KB")
   assert (tmp_path / "model.safetensors.index.json").exists()
   ids = np.arange(20)[None]
-  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), _torch_logits(reference, ids), atol=1e-4)
+  np.testing.assert_allclose(gptjax.load(tmp_path).logits(ids), hf_reference.torch_logits(reference, ids), atol=1e-4)
 
 
 def _saved(tmp_path, arch="gpt2"):
-  _hf_model(arch, 50, 8, 1, 1, 8).save_pretrained(tmp_path)
+  hf_reference.random_hf_model(arch, 50, 8, 1, 1, 8).save_pretrained(tmp_path)
   return tmp_path
 
 
@@ -140,10 +112,10 @@ def test_out_of_range_and_overlong_inputs_are_rejected(tmp_path):
 
 
 def test_model_folder_with_the_real_gpt2_tokenizer_round_trips(tmp_path):
-  import assets  # pylint: disable=g-import-not-at-top
+  from tests import assets  # pylint: disable=g-import-not-at-top
 
   tokenizer = gptjax.load_tokenizer(assets.gpt2_vocab_dir())
-  reference = _hf_model("gpt2", 50257, 16, 1, 2, 8, seed=4)
+  reference = hf_reference.random_hf_model("gpt2", 50257, 16, 1, 2, 8, seed=4)
   reference.save_pretrained(tmp_path / "in")
   tokenizer.save(tmp_path / "in")
   lm = gptjax.load(tmp_path / "in")
@@ -155,13 +127,13 @@ def test_model_folder_with_the_real_gpt2_tokenizer_round_trips(tmp_path):
   assert hf_tokenizer("Hello world")["input_ids"] == ids
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
   assert reloaded.config.eos_token_id == 50256
-  np.testing.assert_allclose(_torch_logits(reloaded, [ids]), lm.logits(ids), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(hf_reference.torch_logits(reloaded, [ids]), lm.logits(ids), atol=1e-4, rtol=0)
 
 
 def test_tokenizer_larger_than_the_embedding_is_rejected(tmp_path):
-  import assets  # pylint: disable=g-import-not-at-top
+  from tests import assets  # pylint: disable=g-import-not-at-top
 
-  _hf_model("gpt2", 50, 8, 1, 1, 8).save_pretrained(tmp_path)
+  hf_reference.random_hf_model("gpt2", 50, 8, 1, 1, 8).save_pretrained(tmp_path)
   gptjax.load_tokenizer(assets.gpt2_vocab_dir()).save(tmp_path)
   with pytest.raises(ValueError, match="Tokenizer has 50257 tokens but .* vocab_size=50 rows"):
     gptjax.load(tmp_path)

@@ -13,13 +13,13 @@ import sys
 from configs import tiny
 from gptjax import hub
 from gptjax import tokenizer as tokenizer_lib
-import tiny_lm
+from tests import tiny_lm
 
 ROOT = pathlib.Path(__file__).parents[1]
 PUSH = """
 import sys
-sys.path.insert(0, {tests!r})
-import tiny_lm
+sys.path.insert(0, {root!r})
+from tests import tiny_lm
 from gptjax import tokenizer
 lm = tiny_lm.random_lm(tokenizer=tokenizer.char_tokenizer("abc"))
 try:
@@ -57,7 +57,7 @@ def test_model_card_states_config_data_and_final_metrics(tmp_path):
 def _push(tmp_path, **env_overrides):
   env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
   env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **env_overrides)
-  code = PUSH.format(tests=str(ROOT / "tests"), workdir=str(_workdir(tmp_path)))
+  code = PUSH.format(root=str(ROOT), workdir=str(_workdir(tmp_path)))
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   return result.stdout

@@ -17,7 +17,7 @@ import pytest
 
 import gptjax
 from gptjax import tokenizer as tokenizer_lib
-import tiny_lm
+from tests import tiny_lm
 
 ROOT = pathlib.Path(__file__).parents[1]
 QUESTIONS = [

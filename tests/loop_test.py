@@ -13,8 +13,8 @@ from gptjax import checkpoint
 from gptjax import metrics as metrics_lib
 from gptjax.train import guards
 from gptjax.train import loop
-import train_helpers
-from train_helpers import read_metrics, tiny_config
+from tests import train_helpers
+from tests.train_helpers import read_metrics, tiny_config
 
 train_helpers.enable_compilation_cache()
 TIMING = ("tokens_per_sec", "step_time_s", "mfu")

@@ -11,7 +11,7 @@ import numpy as np
 
 from gptjax import checkpoint
 from gptjax import trainer
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 
@@ -23,10 +23,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_train_like_one(tmp_path):
-  config_file = tmp_path / "config.py"
-  config_file.write_text(
-      f"import pathlib, sys\nsys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\nimport train_helpers\n\n"
-      f"def get_config():\n  return train_helpers.tiny_config(pathlib.Path({str(tmp_path)!r}))\n")
+  config_file = train_helpers.write_config_file(tmp_path)
   workdir = tmp_path / "two"
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]),
              XLA_FLAGS="--xla_force_host_platform_device_count=2",  # 2 processes x 2 devices.

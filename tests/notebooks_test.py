@@ -1,28 +1,22 @@
 """Every notebook under notebooks/ runs top to bottom against a real saved model."""
 
-import dataclasses
 import json
 import pathlib
 import string
 
-import flax.linen as nn
-import jax
 import pytest
 
 import gptjax
-from gptjax import model as M
 from gptjax.tokenizer import char_tokenizer
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, tiny_model_config, tiny_params):
   tokenizer = char_tokenizer(string.printable)
-  config = M.ModelConfig(vocab_size=tokenizer.vocab_size, block_size=64, num_layers=2, num_heads=2, emb_dim=16,
-                         mlp_dim=32)
-  params = nn.meta.unbox(M.init_params(config, jax.random.key(0)))
-  return gptjax.LanguageModel(config, params, tokenizer).save(tmp_path_factory.mktemp("model"))
+  config = tiny_model_config(vocab_size=tokenizer.vocab_size, block_size=64, mlp_dim=32)
+  return gptjax.LanguageModel(config, tiny_params(config), tokenizer).save(tmp_path_factory.mktemp("model"))
 
 
 def test_there_are_notebooks():

@@ -1,6 +1,7 @@
 """The objectives of the one loop: GPT-1 fine-tuning shards over the mesh and accumulates gradients like
 pre-training (1 device == 8 fake devices), and its head carries logical axis names."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -15,18 +16,22 @@ from gptjax import tasks
 from gptjax import tokenizer as tokenizer_lib
 from gptjax.language_model import LanguageModel
 from gptjax.train import loop
-import train_helpers
+from tests import tiny_lm
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?'"
 
 
+# A 1-layer GPT-2 with room for the character tokenizer and the three task tokens.
+CONFIG = tiny_lm.model_config(vocab_size=40, num_layers=1, mlp_dim=32)
+
+
 def _pretrained(directory):
   """A tiny GPT-2 saved as a Hugging Face folder with its character tokenizer."""
   tok = tokenizer_lib.char_tokenizer(ALPHABET)
-  config = model_lib.ModelConfig(vocab_size=40, block_size=32, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
-  params = jax.device_get(nn.meta.unbox(model_lib.init_params(config, jax.random.key(0))))
-  LanguageModel(config, params, tok).save(directory)
+  params = jax.device_get(nn.meta.unbox(model_lib.init_params(CONFIG, jax.random.key(0))))
+  LanguageModel(CONFIG, params, tok).save(directory)
   return directory
 
 
@@ -57,8 +62,7 @@ def _config(tmp_path, **overrides):
 
 def test_the_head_has_logical_axes_and_shards_with_the_model():
   spec = tasks.TaskSpec("classification", ("text",), labels=("neg", "pos"))
-  config = model_lib.ModelConfig(vocab_size=40, block_size=32, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
-  boxed = finetune.init_head(spec, config, jax.random.key(0), boxed=True)
+  boxed = finetune.init_head(spec, CONFIG, jax.random.key(0), boxed=True)
   specs = nn.get_partition_spec(boxed)
   assert specs["kernel"] == jax.sharding.PartitionSpec("embed", "classes")
   assert specs["bias"] == jax.sharding.PartitionSpec("classes")
@@ -113,7 +117,7 @@ class _SelfDistillation:
 def test_frozen_parameters_reach_the_loss_and_are_never_trained():
   from gptjax import optim  # pylint: disable=g-import-not-at-top
   from gptjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  config = model_lib.ModelConfig(vocab_size=40, block_size=16, num_layers=1, num_heads=2, emb_dim=16, mlp_dim=32)
+  config = dataclasses.replace(CONFIG, block_size=16)
   mesh = sharding.make_mesh(data=2, fsdp=4)
   tx, _ = optim.make_optimizer(lr=1e-2, warmup_steps=0, total_steps=10)
   init = lambda rng: model_lib.init_params(config, rng)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gptjax import checkpoint
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 TIMING = ("tokens_per_sec", "step_time_s", "mfu")
@@ -26,9 +26,7 @@ SETTINGS = {"train.steps": 400, "train.log_every": 4, "train.eval_every": 100, "
 def _command(tmp_path, workdir):
   config_file = tmp_path / "config.py"
   if not config_file.exists():
-    config_file.write_text(
-        f"import pathlib, sys\nsys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\nimport train_helpers\n\n"
-        f"def get_config():\n  return train_helpers.tiny_config(pathlib.Path({str(tmp_path)!r}), **{SETTINGS!r})\n")
+    train_helpers.write_config_file(tmp_path, **SETTINGS)
   return [sys.executable, "-m", "gptjax.train", f"--config={config_file}", f"--workdir={workdir}"]
 
 

@@ -1,25 +1,18 @@
 """Probing: top-k next tokens and attention maps agree with the model's own outputs."""
 
-import dataclasses
 
-import flax.linen as nn
-import jax
 import numpy as np
 import pytest
 
 import gptjax
-from gptjax import model as M
 from gptjax import probe
 from gptjax.tokenizer import char_tokenizer
 
-CONFIG = M.ModelConfig(vocab_size=40, block_size=16, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=32)
-
-
 @pytest.fixture(scope="module")
-def lm():
+def lm(tiny_model_config, tiny_params):
   tokenizer = char_tokenizer("abcdefghijklmnopqrstuvwxyz .,")
-  config = dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size)
-  return gptjax.LanguageModel(config, nn.meta.unbox(M.init_params(config, jax.random.key(0))), tokenizer)
+  config = tiny_model_config(vocab_size=tokenizer.vocab_size, block_size=16, mlp_dim=32)
+  return gptjax.LanguageModel(config, tiny_params(config), tokenizer)
 
 
 def test_top_next_tokens_are_the_largest_logits_in_order(lm):

@@ -4,13 +4,11 @@ import numpy as np
 import pytest
 
 import gptjax
-from gptjax import model as M
 from gptjax.inference import quantize as Q
-from tests.tiny_lm import random_lm
+from tests.tiny_lm import model_config, random_lm
 
 # emb_dim 64 and mlp_dim 128 hold two and four int4 groups of 32 inputs.
-CONFIG = M.ModelConfig(vocab_size=61, block_size=32, num_layers=2, num_heads=2, emb_dim=64, mlp_dim=128,
-                       dropout_rate=0.0, attention_dropout_rate=0.0)
+CONFIG = model_config(emb_dim=64, mlp_dim=128)
 IDS = np.random.default_rng(0).integers(0, 61, size=(2, 24))
 
 

@@ -1,4 +1,9 @@
-"""`python -m gptjax.sample`, run as a real subprocess on a tiny saved Hugging Face folder with tokenizer files."""
+"""`python -m gptjax.sample`, run as a real subprocess on a tiny saved Hugging Face folder with tokenizer files.
+
+What it checks is the command line: its flags reach `LanguageModel.generate` (the expected text is that call's,
+the same code path), its output layout, and its error path. The decoding itself is checked against Hugging Face
+`generate` in sampling_test.py (greedy, top-k / top-p, penalties) and beam_test.py.
+"""
 
 import os
 import pathlib
@@ -6,7 +11,7 @@ import subprocess
 import sys
 
 from gptjax.tokenizer import train_bpe
-from tiny_lm import CORPUS, text_lm
+from tests.tiny_lm import CORPUS, text_lm
 
 
 def test_sample_command_prints_the_samples(tmp_path):

@@ -15,7 +15,7 @@ from transformers.generation import logits_process
 import gptjax
 from gptjax.inference import engine as E
 from gptjax.inference import sampling as S
-from tiny_lm import TINY, random_lm
+from tests.tiny_lm import TINY, random_lm
 
 # GPT-1's post-LN blocks, here with an untied output head too.
 TINY_GPT1_UNTIED = dataclasses.replace(TINY, norm="post", final_norm=False, scale_residual_init=False,

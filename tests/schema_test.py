@@ -6,8 +6,8 @@ import pytest
 
 from gptjax.train import loop
 from gptjax.train import schema
-import train_helpers
-from train_helpers import tiny_config
+from tests import train_helpers
+from tests.train_helpers import tiny_config
 
 train_helpers.enable_compilation_cache()
 

@@ -1,4 +1,5 @@
-"""The OpenAI API of `python -m gptjax.serve`, through the real `openai` client, against a server subprocess.
+"""The OpenAI API of `python -m gptjax.serve`, through the real `openai` client, against a server subprocess
+(gptjax/serve/__main__.py, app.py, plans.py, protocol.py, responses.py).
 
 One server (4 slots, room for 64 sequences) over a tiny random model with a byte-level BPE tokenizer serves the
 whole module. Expected values come from the same saved model loaded here (`lm.generate`, `lm.logits`).
@@ -13,9 +14,9 @@ import openai
 import pytest
 
 import gptjax
-import serve_helpers
-from serve_helpers import MODEL_NAME
 from gptjax.serve import protocol
+from tests import serve_helpers
+from tests.serve_helpers import MODEL_NAME
 
 PROMPT = "Hello world 😀"
 

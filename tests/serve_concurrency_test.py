@@ -1,4 +1,5 @@
-"""Continuous batching as clients see it: many streams at once through a `python -m gptjax.serve` subprocess.
+"""Continuous batching as clients see it (gptjax/serve/batcher.py): many streams at once through a
+`python -m gptjax.serve` subprocess.
 
 64 concurrent streaming requests with random prompts, lengths, temperatures and seeds, against 8 slots: every stream
 completes, its text equals the same request's non-streamed text and token count, greedy ones equal `lm.generate` of
@@ -13,8 +14,8 @@ import openai
 import pytest
 
 import gptjax
-import serve_helpers
-from serve_helpers import MODEL_NAME, WORDS
+from tests import serve_helpers
+from tests.serve_helpers import MODEL_NAME, WORDS
 
 NUM_REQUESTS = 64
 

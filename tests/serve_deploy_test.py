@@ -1,5 +1,5 @@
-"""The seeds' workflow end to end: fit -> predict -> save -> deploy -> a completion through the openai client; and
-the command line's error path."""
+"""The seeds' workflow end to end: fit -> predict -> save -> deploy (gptjax/serve/deploy.py) -> a completion through the
+openai client; and the command line's error path."""
 
 import os
 import pathlib

@@ -9,8 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
-import tiny_lm
 from gptjax import tokenizer as tokenizer_lib
+from tests import tiny_lm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Words the prompts are made of; with the corpus, they give the byte-level BPE multi-token words and characters.

@@ -3,7 +3,6 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -12,12 +11,12 @@ from gptjax import model as model_lib
 from gptjax import optim
 from gptjax import sharding
 from gptjax import trainer
-import train_helpers
+from tests import tiny_lm
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 
-CONFIG = model_lib.ModelConfig(vocab_size=64, block_size=16, num_layers=2, num_heads=2, emb_dim=32, mlp_dim=64,
-                               dropout_rate=0.0, attention_dropout_rate=0.0)
+CONFIG = tiny_lm.model_config(vocab_size=64, block_size=16, emb_dim=32)
 
 
 def test_make_mesh_fills_the_free_axis_and_rejects_bad_shapes():

@@ -1,4 +1,4 @@
-"""Tiny language models with random weights for the decoding tests (sampling, generation, sample)."""
+"""Tiny models for the tests: the shared tiny ModelConfig, and LanguageModels with random weights for decoding."""
 
 import dataclasses
 
@@ -10,8 +10,25 @@ import numpy as np
 import gptjax
 from gptjax import model as M
 
-TINY = M.ModelConfig(vocab_size=61, block_size=32, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64,
-                     dropout_rate=0.0, attention_dropout_rate=0.0)
+# GPT-1's architecture differs from GPT-2's in these fields only (`gptjax.model.gpt1_config`).
+GPT1_FIELDS = dict(norm="post", final_norm=False, scale_residual_init=False)
+
+
+def model_config(arch: str = "gpt2", **overrides) -> M.ModelConfig:
+  """The tests' tiny ModelConfig: 2 layers, 2 heads, width 16, MLP 64, vocabulary 61, context 32, no dropout.
+
+  Args:
+    arch: 'gpt2' (pre-LN, final LayerNorm) or 'gpt1' (post-LN, none).
+    **overrides: ModelConfig fields that differ, so each test states only what it depends on.
+  """
+  if arch not in ("gpt2", "gpt1"):
+    raise ValueError(f"arch must be 'gpt2' or 'gpt1', got {arch!r}")
+  base = dict(vocab_size=61, block_size=32, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=64, dropout_rate=0.0,
+              attention_dropout_rate=0.0, **(GPT1_FIELDS if arch == "gpt1" else {}))
+  return M.ModelConfig(**{**base, **overrides})
+
+
+TINY = model_config()
 # Text with characters that byte-level BPE splits over several tokens.
 CORPUS = ["Hello world! Stream me: emoji 😀👍🏽 and 日本語のテキスト, 中文字符, Ångström."] * 8
 # The sampling strategy most text-model tests share (one compiled program per batch size).

@@ -10,8 +10,8 @@ import tokenizers
 import transformers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
-import assets
 from gptjax.tokenizer import char_tokenizer, load_tokenizer, train_bpe
+from tests import assets
 
 EOS = "<|endoftext|>"
 

@@ -55,6 +55,19 @@ def tiny_config(root: pathlib.Path, **overrides):
   return config
 
 
+def write_config_file(root: pathlib.Path, **overrides) -> pathlib.Path:
+  """Writes `root/config.py` returning `tiny_config(root, **overrides)`, for `python -m gptjax.train --config=`.
+
+  The file imports this module from the repository root, so it loads in a subprocess whatever its working folder.
+  """
+  config_file = root / "config.py"
+  config_file.write_text(
+      f"import pathlib, sys\nsys.path.insert(0, {str(pathlib.Path(__file__).resolve().parents[1])!r})\n"
+      f"from tests import train_helpers\n\n"
+      f"def get_config():\n  return train_helpers.tiny_config(pathlib.Path({str(root)!r}), **{overrides!r})\n")
+  return config_file
+
+
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
   import json  # pylint: disable=g-import-not-at-top
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

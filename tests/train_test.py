@@ -1,4 +1,5 @@
-"""`python -m gptjax.train` as a user runs it: flags, config overrides, console output, resuming."""
+"""`python -m gptjax.train` (gptjax/train/__main__.py) as a user runs it: flags, config overrides, console output,
+resuming."""
 
 import importlib
 import os
@@ -9,16 +10,13 @@ import sys
 import jax
 import pytest
 
-import train_helpers
+from tests import train_helpers
 
 train_helpers.enable_compilation_cache()
 
 
 def test_the_command_line_trains_resumes_and_rejects_a_misspelt_key(tmp_path):
-  config_file = tmp_path / "config.py"
-  config_file.write_text(
-      f"import pathlib, sys\nsys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\nimport train_helpers\n\n"
-      f"def get_config():\n  return train_helpers.tiny_config(pathlib.Path({str(tmp_path)!r}))\n")
+  config_file = train_helpers.write_config_file(tmp_path)
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

@@ -11,8 +11,8 @@ from gptjax import checkpoint
 from gptjax import hf
 from gptjax import model as model_lib
 from gptjax import trainer
-import train_helpers
-from train_helpers import read_metrics, tiny_config
+from tests import train_helpers
+from tests.train_helpers import read_metrics, tiny_config
 
 train_helpers.enable_compilation_cache()
 

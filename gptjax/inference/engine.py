@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import weakref
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
@@ -138,7 +139,8 @@ class Engine:
   """The compiled inference programs of one model, and `num_slots` KV-cache rows of `max_length` tokens.
 
   The slot cache is allocated on the first `insert`, so an engine used only for `forward` / `score` costs nothing.
-  Not thread-safe, and its slots serve one `Scheduler` at a time (e.g. the server's, in one thread).
+  Not thread-safe, and its slots serve one `Scheduler` at a time (e.g. the server's, in one thread): a second one
+  is refused while the first still has requests.
   """
 
   def __init__(self, lm, *, num_slots: int = 8, max_length: Optional[int] = None):
@@ -347,6 +349,14 @@ class Scheduler:
         but a request's tokens may then depend on its companions through the last bits of its prompt's logits.
         Off, each request gets exactly the tokens it gets alone.
     """
+    driver = getattr(engine, "_driver", None)
+    driver = driver() if driver is not None else None
+    if driver is not None and driver.has_work():
+      raise RuntimeError(
+          f"This engine's {engine.num_slots} slots are in use by another Scheduler that still has requests; two "
+          f"would hand out the same slots. Finish or cancel its requests first, or use a second engine "
+          f"(`gptjax.inference.engine.Engine(lm, ...)`).")
+    engine._driver = weakref.ref(self)  # pylint: disable=protected-access
     self.engine = engine
     self._batch_prefill = batch_prefill
     self._waiting: collections.OrderedDict = collections.OrderedDict()  # request_id -> (prompt_ids, settings)

@@ -39,6 +39,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from gptjax.train import loop, schema  # pylint: disable=g-import-not-at-top
   schema.check(_CONFIG.value)  # A bad value is one error line, before the config dump.
+  loop.split_cpu_cores(_CONFIG.value)  # Before the first JAX operation (jax.process_index below is one).
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # One console for the whole job.
   logging.info("Config:\n%s", _CONFIG.value)

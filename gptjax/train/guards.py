@@ -3,7 +3,9 @@ check that a resume continues the run that was saved.
 
 * `WorkdirLock`: `<workdir>/run.lock` holds the pid and host of the run that owns the folder. A second run exits
   at once naming them; a lock left by a dead process on this host (kill -9, a crash) is taken over with a warning.
-  A lock from another host cannot be checked from here: its message says how to remove it.
+  A lock from another host cannot be checked from here: its message says how to remove it. Locally the lock file
+  is created exclusively (`O_EXCL`); a cloud workdir has no exclusive create through epath, so there the lock is
+  looked for, then written: it catches a second run started while the first is going, not two started at once.
 * `StopRequest`: SIGTERM (what a preemption or `kill` sends) and SIGINT (Ctrl-C) set a flag; the loop finishes the
   step in flight, saves and exits 0. In a multi-process run JAX's coordination service owns SIGTERM and orbax's
   `reached_preemption` reports it to every process at the same step; SIGINT is then agreed on at log intervals.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import socket
 import threading
@@ -24,6 +25,8 @@ import time
 from typing import Any, Optional
 
 from absl import logging
+
+from gptjax import paths
 
 LOCK_FILE = "run.lock"
 
@@ -49,8 +52,8 @@ def _alive(pid: int) -> bool:
 class WorkdirLock:
   """An exclusive claim on a run folder, released by `release` (or by the process dying: see the module doc)."""
 
-  def __init__(self, workdir: pathlib.Path):
-    self.path = pathlib.Path(workdir) / LOCK_FILE
+  def __init__(self, workdir: paths.PathLike):
+    self.path = paths.path(workdir) / LOCK_FILE
     self.held = False
 
   def acquire(self) -> None:
@@ -58,7 +61,7 @@ class WorkdirLock:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for _ in range(3):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = self._create()
       except FileExistsError:
         owner = self._read()
         if owner is None:  # Being written by a racing run this instant, or torn by a kill: look again.
@@ -78,11 +81,22 @@ class WorkdirLock:
             f"workdir {self.path.parent} is in use by process {owner.get('pid')} on {where} (since "
             f"{owner.get('since')}): stop that run or pass another --workdir. If that run is gone (another host "
             f"cannot be checked from here), delete {self.path}.")
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+      if fd is None:
+        self.path.write_text(json.dumps(me))
+      else:
+        with os.fdopen(fd, "w") as f:
+          json.dump(me, f)
       self.held = True
       return
     raise WorkdirLockedError(f"Could not take the lock {self.path}: other runs keep claiming it")
+
+  def _create(self) -> Optional[int]:
+    """The new lock file's descriptor (local), or None where the caller writes it (cloud); FileExistsError if held."""
+    if paths.is_local(self.path):
+      return os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    if self.path.exists():
+      raise FileExistsError(os.fspath(self.path))
+    return None
 
   def _read(self) -> Optional[dict]:
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -43,6 +44,7 @@ from jax.experimental import multihost_utils
 from gptjax import checkpoint as checkpoint_lib
 from gptjax import metrics as metrics_lib
 from gptjax import optim
+from gptjax import paths
 from gptjax import sharding
 from gptjax.train import guards
 from gptjax.train import objectives as objectives_lib
@@ -80,6 +82,21 @@ def check_mesh(config, mesh: jax.sharding.Mesh) -> None:
   if eval_batch % ways or eval_batch % processes:
     raise schema.ConfigError(f"config.eval.batch_size={eval_batch} must be divisible by mesh.data * mesh.fsdp = "
                              f"{ways} and by the {processes} processes")
+
+
+def split_cpu_cores(config) -> Optional[int]:
+  """Applies `config.mesh.cpu_devices` (`sharding.split_cpu_cores`) if JAX has not started yet; the count or None.
+
+  Automatic (0) only for the default mesh (data = all devices, no fsdp or tensor axis) of a single process; a
+  positive count is the user's. Called first thing by `train_and_evaluate`, so both `python -m gptjax.train` and
+  `gptjax.fit` in a fresh process get it.
+  """
+  m, t = config.mesh, config.train
+  requested = m.get("cpu_devices", 0)
+  if jax.distributed.is_initialized() or (not requested and (m.data, m.fsdp, m.tensor) != (-1, 1, 1)):
+    return None
+  micro = t.batch_size // t.grad_accum_steps
+  return sharding.split_cpu_cores(sharding.cpu_device_count(requested, [micro, config.eval.batch_size or micro]))
 
 
 def make_plan(config, steps_per_epoch: int) -> Plan:
@@ -181,7 +198,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   schema.check(config)
   if not schema.is_finetuning(config) and config.eval.get("tasks"):
     objectives_lib.parse_eval_tasks(config.eval.tasks)
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.path(workdir)  # A local folder or a cloud URI (gs://...), never a URI mangled into a folder.
+  if mesh is None:
+    split_cpu_cores(config)
   mesh = mesh or sharding.mesh_from_config(config.mesh)
   check_mesh(config, mesh)
   is_main = jax.process_index() == 0
@@ -301,10 +320,11 @@ class _Run:
                      f"config probably differs from the checkpoint's; or move {self.ckpt.directory} aside to start "
                      f"over.") from first
 
-  def _write_config(self) -> None:
+  def _run_config(self) -> dict:
+    """The run's config as config.json holds it: `model` is the architecture trained, whatever config said."""
     run_config = json.loads(self.config.to_json())
-    run_config["model"] = self.objective.model_config.to_dict()  # The architecture trained, whatever config said.
-    metrics_lib.atomic_write_text(self.workdir / checkpoint_lib.CONFIG_FILE, json.dumps(run_config, indent=2) + "\n")
+    run_config["model"] = self.objective.model_config.to_dict()
+    return run_config
 
   def train(self) -> dict[str, Any]:
     config, plan, mesh, ckpt, objective = self.config, self.plan, self.mesh, self.ckpt, self.objective
@@ -314,13 +334,14 @@ class _Run:
     early = EarlyStopping(config.eval.early_stop_patience, config.eval.early_stop_min_delta, objective.selection[1],
                           loop_state.get("early_stopping"))
     pending: list[dict] = list(loop_state.get("pending", []))  # Per-step metrics since the last log line.
+    run_config = self._run_config()
     if is_main:
-      self._write_config()
+      metrics_lib.atomic_write_text(self.workdir / checkpoint_lib.CONFIG_FILE, json.dumps(run_config, indent=2) + "\n")
     logging.info("Model: %s parameters; mesh %s; %d process(es); objective %s.",
                  f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", dict(mesh.shape), jax.process_count(),
                  objective.name)
     writer = metrics_lib.MetricWriter(self.workdir, enabled=is_main, resume_step=start,
-                                      tensorboard=config.train.tensorboard)
+                                      tensorboard=config.train.tensorboard, run_config=run_config)
     try:
       if early.stopped:
         writer.info("The run stopped early at step %d (no improvement of %s in %d evaluations; best %s at step %s): "
@@ -330,7 +351,10 @@ class _Run:
       if start >= plan.steps:
         writer.info("Step %d >= config.train.steps=%d: nothing to train.", start, plan.steps)
         return objective.result({"step": start}, early.state)
-      return self._loop(state, shardings, start, early, pending, writer)
+      result = self._loop(state, shardings, start, early, pending, writer)
+      if "stopped_by" not in result:  # A signal's stop is resumed later: the run has not ended.
+        writer.finish(result["step"], (objective.selection[0], early.state["best"]))
+      return result
     finally:
       writer.close()
 
@@ -353,7 +377,7 @@ class _Run:
     tokens_per_step = plan.batch_size * objective.tokens_per_example
     multiprocess = jax.process_count() > 1
     last: dict[str, Any] = {}
-    tracing = False
+    trace: Optional[contextlib.ExitStack] = None  # While profiling: the trace's local folder, uploaded when done.
     try:
       with jax.set_mesh(mesh), sharding.axis_rules():
         started = time.perf_counter()
@@ -382,18 +406,20 @@ class _Run:
           if self.stop.requested:
             break
           if plan.profile and step + 1 == plan.profile[0]:
-            jax.profiler.start_trace(str(self.workdir / "tensorboard"))
-            tracing = True
+            trace = contextlib.ExitStack()
+            trace_dir = trace.enter_context(paths.local_folder_for(self.workdir / "tensorboard"))
+            jax.profiler.start_trace(os.fspath(trace_dir))
           if batch is None:
             batch = batches.get(step)
           state, metrics = compiled(state, batch, self.dropout_rng, frozen)
           batch = None
           step, interval_steps = step + 1, interval_steps + 1
           unread.append((step, metrics))
-          if tracing and step == plan.profile[1]:
+          if trace is not None and step == plan.profile[1]:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
-            tracing = False
+            trace.close()
+            trace = None
             writer.info("Profiled steps %d-%d into %s.", plan.profile[0], plan.profile[1],
                         self.workdir / "tensorboard")
           if multiprocess and ckpt.manager.reached_preemption(step):
@@ -444,8 +470,9 @@ class _Run:
           return self._stopped(state, step, start, early, pending, last)
     finally:
       batches.close()
-      if tracing:  # Stopped (a signal, a NaN, early stopping) inside the profiled steps: keep what was traced.
+      if trace is not None:  # Stopped (a signal, a NaN, early stopping) inside the profiled steps: keep the trace.
         jax.profiler.stop_trace()
+        trace.close()
     return objective.result(last or {"step": step}, early.state)
 
   def _frozen(self):

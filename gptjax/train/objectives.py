@@ -24,9 +24,10 @@ evaluation cadence, early stopping, the NaN guard, logging, checkpoints). The in
   meta(), on_best(...), result(...), finish(...)
                                 what the checkpoint records and what the run exports
 
-Two objectives today: `LanguageModeling` (next-token cross-entropy, the pre-training of `configs/default.py`) and
-`Finetuning` (GPT-1's task head: task loss + lm_coef * LM loss, `gptjax.finetune`). Distillation adds a third
-with the same interface: its `loss` runs the frozen teacher forward inside the same jitted step.
+Three objectives: `LanguageModeling` (next-token cross-entropy, the pre-training of `configs/default.py`),
+`Finetuning` (GPT-1's task head: task loss + lm_coef * LM loss, `gptjax.finetune`) and, in `gptjax.train.distill`,
+`Distillation` (a student on a frozen teacher's predictions: its `loss` runs the teacher forward inside the same
+jitted step).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from gptjax import data as data_lib
 from gptjax import finetune as finetune_lib
 from gptjax import metrics as metrics_lib
 from gptjax import model as model_lib
+from gptjax import paths
 from gptjax import tasks as tasks_lib
 from gptjax.train import schema
 
@@ -329,14 +331,7 @@ def load_pretrained(config) -> tuple[model_lib.ModelConfig, dict, Any, str]:
   source = config.init_from
   requested = model_lib.ModelConfig.from_dict(config.model.to_dict())
   model_config, params, description = checkpoint_lib.initial_weights(source, requested)
-  path = pathlib.Path(source).expanduser()
-  if checkpoint_lib.is_workdir(path):
-    default_tokenizer = path / checkpoint_lib.TOKENIZER_DIR
-  elif (path / "best" / finetune_lib.SPEC_FILE).is_file():
-    default_tokenizer = path / "best"
-  else:
-    default_tokenizer = source
-  tokenizer_source = config.finetune.get("tokenizer") or default_tokenizer
+  tokenizer_source = config.finetune.get("tokenizer") or pretrained_tokenizer_source(source)
   try:
     tokenizer = load_tokenizer(tokenizer_source)
   except (OSError, ValueError) as e:
@@ -346,6 +341,17 @@ def load_pretrained(config) -> tuple[model_lib.ModelConfig, dict, Any, str]:
     raise ValueError(f"The tokenizer has {tokenizer.vocab_size} ids but {source} has vocab_size "
                      f"{model_config.vocab_size}: they do not belong together")
   return model_config, params, tokenizer, description
+
+
+def pretrained_tokenizer_source(source: str):
+  """Where the tokenizer of the model `source` names lives: `<run>/tokenizer` for a gptjax run folder, `<run>/best`
+  for a fine-tuning run, else `source` itself (a Hugging Face folder holds its tokenizer files; a hub name)."""
+  path = paths.path(source)
+  if checkpoint_lib.is_workdir(path):
+    return path / checkpoint_lib.TOKENIZER_DIR
+  if (path / "best" / finetune_lib.SPEC_FILE).is_file():
+    return path / "best"
+  return source
 
 
 _SPEC_FIELDS = ("task", "train_data", "val_data", "text_fields", "choice_fields", "label_field", "labels",
@@ -513,7 +519,13 @@ def gather_to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _objective_class(config):
+def objective_class(config):
+  """The objective a config asks for: `Distillation` with a `distill.teacher`, `GenerationFinetuning`
+  (gptjax/train/seq2seq.py) for `finetune.task = 'generation'`, `Finetuning` with another `finetune` section, else
+  `LanguageModeling`."""
+  if schema.is_distillation(config):
+    from gptjax.train import distill  # pylint: disable=g-import-not-at-top  (it subclasses LanguageModeling)
+    return distill.Distillation
   if schema.is_finetuning(config) and config.finetune.task == "generation":
     from gptjax.train import seq2seq  # pylint: disable=g-import-not-at-top  (it imports this module)
     return seq2seq.GenerationFinetuning
@@ -521,13 +533,10 @@ def _objective_class(config):
 
 
 def make_objective(config, workdir: pathlib.Path, resume_meta: Optional[dict] = None):
-  """The objective a config asks for: `Finetuning` with a `finetune` section (`GenerationFinetuning`,
-  gptjax/train/seq2seq.py, for `finetune.task = 'generation'`), else `LanguageModeling`."""
-  return _objective_class(config)(config, workdir, resume_meta)
+  """The objective `objective_class(config)` built for this run."""
+  return objective_class(config)(config, workdir, resume_meta)
 
 
 def objective_identity(config) -> dict[str, Any]:
   """`identity(config)` of the objective `make_objective` would build, without building it."""
-  return _objective_class(config).identity(config)
-
-
+  return objective_class(config).identity(config)

@@ -1,10 +1,11 @@
 """The one config schema of every training run, checked whole before anything runs.
 
-Pre-training and fine-tuning read the same sections (`configs/default.py` comments every field): `model`, `data`
-(pre-training's corpus), `finetune` (present = a fine-tuning run: a GPT-1 task head, or source -> target generation
-with `task = 'generation'`), `opt`, `train`, `eval`, `checkpoint`, `mesh`, `init_from`, `seed`. Lengths are in
-steps (`train.steps`) and warmup in steps (`opt.warmup_steps`) for every kind of run; a fine-tuning config states
-its epochs as the arithmetic behind its step count.
+Pre-training, fine-tuning and distillation read the same sections (`configs/default.py` comments every field):
+`model`, `data` (pre-training's and distillation's corpus), `finetune` (present = a fine-tuning run: a GPT-1 task
+head, or source -> target generation with `task = 'generation'`), `distill` (a `teacher` = a distillation run),
+`opt`, `train`, `eval`, `checkpoint`, `mesh`, `init_from`, `seed`. Lengths are in steps (`train.steps`) and warmup
+in steps (`opt.warmup_steps`) for every kind of run; a fine-tuning config states its epochs as the arithmetic
+behind its step count.
 
 `check(config)` runs before the data is read and before the first compile, and each error names the field, the
 value and the allowed range, so a mistake costs seconds, not the training before the first evaluation. Checks
@@ -52,6 +53,11 @@ def _float(config, dotted: str, low: float, high: float = float("inf"), *, low_o
 def is_finetuning(config) -> bool:
   """A config with a `finetune` section trains a GPT-1 task head (`gptjax.train.objectives.Finetuning`)."""
   return "finetune" in config
+
+
+def is_distillation(config) -> bool:
+  """A config naming a `distill.teacher` trains a student on it (`gptjax.train.distill.Distillation`)."""
+  return bool("distill" in config and config.distill.get("teacher"))
 
 
 def check(config) -> None:
@@ -103,6 +109,8 @@ def check(config) -> None:
     value = config.mesh[axis]
     if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
       raise ConfigError(f"config.mesh.{axis}={value!r}: must be a positive integer or -1 (all remaining devices)")
+  if "cpu_devices" in config.mesh:
+    _int(config, "mesh.cpu_devices", 0, note=" (0 = as many as there are cores and divide the batch)")
   if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
     raise ConfigError(f"config.mesh: at most one of data, fsdp, tensor may be -1, got {config.mesh.to_dict()}")
 
@@ -110,6 +118,9 @@ def check(config) -> None:
     if field in config.model:
       _float(config, f"model.{field}", 0.0, 1.0, high_open=True)
 
+  if is_distillation(config):
+    from gptjax.train import distill  # pylint: disable=g-import-not-at-top
+    distill.check(config)
   if is_finetuning(config):
     from gptjax import tasks  # pylint: disable=g-import-not-at-top
     ft = config.finetune
