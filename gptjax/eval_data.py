@@ -156,8 +156,10 @@ def load_task_data(task: str, source: str, *, split: Optional[str] = None, tfds_
       lines = [(line, f"{w} line {n}") for text, w in zip(records.items, records.where)
                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
       records = Records([l for l, _ in lines], [w for _, w in lines])
-    elif task in ("multiple_choice", "generation"):
-      raise ValueError(f"{task} reads JSONL or TFDS records, not text files")
+    elif task == "multiple_choice":
+      raise ValueError("multiple_choice reads JSONL (context, endings, label) or TFDS, not text files")
+    elif task == "generation":
+      raise ValueError("generation reads JSONL (source, and target or targets) or TFDS, not text files")
   elif is_jsonl:
     records = read_jsonl(arg if kind == "jsonl" else source)
   elif kind == "tfds" and arg:

@@ -1,7 +1,8 @@
 """`python -m gptjax.sample`, run as a real subprocess on a tiny saved Hugging Face folder with tokenizer files.
 
 What it checks is the command line: its flags reach `LanguageModel.generate` (the expected text is that call's,
-the same code path), its output layout, and its error path. The decoding itself is checked against Hugging Face
+the same code path), its output layout, and its error path, the beam flags' refusals (gptjax/decoding_flags.py)
+among them. The decoding itself is checked against Hugging Face
 `generate` in sampling_test.py (greedy, top-k / top-p, penalties) and beam_test.py.
 """
 

@@ -5,6 +5,7 @@ through `gptjax.load`, `python -m gptjax.predict` and `python -m gptjax.evaluate
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ import pytest
 import sacrebleu
 
 import gptjax
-import tiny_lm
+from tests import tiny_lm
 from configs import finetune_generation
+from gptjax import eval_data
 from gptjax import model as M
 from gptjax import seq2seq
 from gptjax import sharding
@@ -243,3 +245,19 @@ def test_generation_flags_with_another_task_are_an_error_naming_them(tmp_path):
              "--num_beams=2", "--template={source}: {target}.")
   assert out.returncode == 2
   assert out.stderr.strip() == "error: only --task generation takes --template, --num_beams; this is --task perplexity"
+
+
+def test_generation_data_reads_source_and_one_or_several_references_and_names_bad_lines(tmp_path):
+  path = tmp_path / "g.jsonl"
+  path.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": "c", "targets": ["d", "e"]})
+                  + "\n")
+  records = eval_data.load_task_data("generation", str(path))
+  assert [eval_data.references(r) for r in records.items] == [["b"], ["d", "e"]]
+  for line, message in [({"source": "a"}, "needs 'target' (a string) or 'targets'"),
+                        ({"source": "a", "targets": []}, "'targets' must be a non-empty list of strings"),
+                        ({"target": "b"}, "'source' must be a string")]:
+    path.write_text(json.dumps({"source": "x", "target": "y"}) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match=f"g.jsonl line 2: {re.escape(message)}"):
+      eval_data.load_task_data("generation", str(path))
+  with pytest.raises(ValueError, match="generation reads JSONL"):
+    eval_data.load_task_data("generation", f"text:{path}")

@@ -6,8 +6,8 @@ import openai
 import pytest
 
 import gptjax
-import serve_helpers
-from serve_helpers import MODEL_NAME
+from tests import serve_helpers
+from tests.serve_helpers import MODEL_NAME
 from gptjax.serve import protocol
 
 PROMPT = "the quick fox"
