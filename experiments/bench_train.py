@@ -19,26 +19,32 @@ characters of Tiny Shakespeare); `quickstart` is configs/quickstart.py (4 x 4 x 
 batch 16). On a GPU both sides compute in bfloat16 with float32 parameters (PyTorch through autocast, and
 --torch_compile is worth trying); on a CPU both compute in float32 and MFU is not reported.
 
-Measured 2026-12-01 on the project's 2-core CPU VM (AVX-512, shared with other jobs, so the absolute figures wander
-by 2x), jax 0.10.2, torch 2.13.0+cpu, transformers 5.24,
-`python experiments/bench_train.py --rounds=7` (10 steps a round), load average 4.2-6.3 during the run:
+Measured 2026-12-02 on the project's 2-core CPU VM (AMD EPYC, AVX-512) nearly idle (load average 1.2-1.8 during
+the run), jax 0.10.2, torch 2.13.0+cpu, transformers 5.24, `python experiments/bench_train.py --rounds=7`:
 
   | shape        | framework          |     params |                 tokens/s |  ms/step |         peak memory |    MFU |           vs torch |
   |--------------|--------------------|------------|--------------------------|----------|---------------------|--------|--------------------|
-  | nanogpt_cpu  | jax 0.10.2         |    809,856 |     6,994 [3,390-12,942] |    109.8 |   0.53 GiB host RSS |    n/a | 1.40x [0.93-17.92] |
-  | nanogpt_cpu  | torch 2.13.0+cpu   |    809,856 |       4,130 [390-13,641] |    185.9 |   0.66 GiB host RSS |    n/a |                    |
-  | quickstart   | jax 0.10.2         |  1,071,872 |      4,139 [3,007-9,253] |    494.8 |   0.66 GiB host RSS |    n/a |  1.40x [0.62-2.35] |
-  | quickstart   | torch 2.13.0+cpu   |  1,071,872 |     2,144 [1,403-13,637] |    955.1 |   0.91 GiB host RSS |    n/a |                    |
+  | nanogpt_cpu  | jax 0.10.2 x2      |    809,856 |   19,125 [17,700-20,094] |     40.2 |   0.56 GiB host RSS |    n/a |  1.28x [1.14-1.56] |
+  | nanogpt_cpu  | jax 0.10.2 x1      |    809,856 |   13,474 [12,043-15,948] |     57.0 |   0.55 GiB host RSS |    n/a |  0.94x [0.89-1.04] |
+  | nanogpt_cpu  | torch 2.13.0+cpu   |    809,856 |   14,597 [12,880-17,067] |     52.6 |   0.65 GiB host RSS |    n/a |                    |
+  | quickstart   | jax 0.10.2 x2      |  1,071,872 |    11,302 [9,639-12,671] |    181.2 |   0.67 GiB host RSS |    n/a |  0.91x [0.84-0.96] |
+  | quickstart   | jax 0.10.2 x1      |  1,071,872 |     9,880 [9,082-11,700] |    207.3 |   0.68 GiB host RSS |    n/a |  0.84x [0.74-0.89] |
+  | quickstart   | torch 2.13.0+cpu   |  1,071,872 |   12,113 [10,589-13,966] |    169.1 |   0.91 GiB host RSS |    n/a |                    |
 
-Read it with its noise: single rounds ranged from 0.93x to 18x at the nanoGPT shape and 0.62x to 2.35x at the
-quickstart's, because PyTorch's two OpenMP threads degrade far worse than XLA's thread pool when other jobs take the
-cores (one preempted thread stalls every barrier). On the same machine nearly idle (load average ~1, same day,
-medians of 25 interleaved steps; /tmp scripts, not this file) the order reverses: gptjax's compiled step
-66.6 ms at the nanoGPT shape against PyTorch's 56.4 ms (0.85x), 244 ms at the quickstart's against 169 ms (0.69x).
-So the >= 1.5x goal is met only on a loaded machine; on a quiet one gptjax is still behind (left to do:
-the weight-gradient matmuls that XLA leaves to its slower non-YNNPACK dot, and LayerNorm/GELU element-wise passes).
-Before this file's revision the step was 7% slower at both shapes (median of pairwise ratios, IQR 1.02-1.12,
-old and new model interleaved in one process): the attention change in gptjax/model.py.
+`jax ... x2` is the trainer's CPU default: the two cores as two XLA devices with the batch split over them
+(`config.mesh.cpu_devices`); `x1` is one device whose every op XLA parallelises over both cores, the trainer
+before that change. Splitting the batch gains 42% at the nanoGPT shape and 14% at the quickstart's: the step is
+about 340 fused ops, most well under a millisecond at these shapes, and each op split across the cores and joined again
+costs more than two devices each running every op on their half of the rows (measured also as CPU time: 94 -> 64
+ms per forward + backward at the nanoGPT shape, on a loaded machine). Where the time still goes (a
+`jax.profiler` trace of the gradient at the nanoGPT shape): the matmuls ~56% (59 dots, YNNPACK), reductions
+(bias gradients, LayerNorm statistics) ~8%, GELU's tanh passes ~5%, head split/merge transposes ~7%. So the
+>= 1.5x goal is not met: 1.28x at the nanoGPT shape, 0.91x at the quickstart's, whose 2,048-token vocabulary
+makes the logits matmul and softmax a larger share.
+
+On a loaded machine (the previous revision of this table, load 4-6) the ratios were far higher (1.4x at both
+shapes, single rounds up to 18x) because PyTorch's OpenMP threads degrade far worse than XLA's when other jobs
+take the cores; that is not a fair comparison, so the quiet figures above are the ones to quote.
 """
 
 import json
