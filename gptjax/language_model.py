@@ -167,7 +167,7 @@ class LanguageModel:
       truncate_prompt: When prompt + max_new_tokens exceed the context, keep only the prompt's last
         `block_size - max_new_tokens` tokens instead of raising.
       num_beams: K > 1: beam search as Hugging Face's `generate(num_beams=K)` (`gptjax/inference/beam.py`);
-        the sampling settings are then unused.
+        deterministic, so temperature, top_k, top_p and num_samples other than their defaults are an error.
       length_penalty: Beam search: a finished hypothesis scores sum(log p) / length ** length_penalty.
       early_stopping: Beam search: True stops a prompt at K finished hypotheses; False (HF's default) when no
         running beam can beat them (HF's heuristic); 'never' as HF.
@@ -187,6 +187,14 @@ class LanguageModel:
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     # ----- generation helper: beams and per-row history run in their own program (gptjax/inference/beam.py) -----
     if num_beams != 1 or no_repeat_ngram_size or min_new_tokens or num_return_sequences != 1:
+      if num_beams > 1:  # Beam search is deterministic: a sampling setting would be silently ignored.
+        unused = [f"{name}={value!r}" for name, value, default in (
+            ("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0),
+            ("num_samples", num_samples, 1)) if value != default]
+        if unused:
+          raise ValueError(f"{', '.join(unused)} not used by beam search (num_beams={num_beams}): leave temperature, "
+                           f"top_k, top_p and num_samples at their defaults (num_return_sequences picks how many "
+                           f"hypotheses per prompt)")
       if num_beams == 1 and num_samples != 1:
         num_return_sequences = num_samples * num_return_sequences
       return beam.generate(self, prompts, max_new_tokens, params, num_beams=num_beams, length_penalty=length_penalty,

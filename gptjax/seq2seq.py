@@ -322,7 +322,8 @@ def generate_targets(lm, spec: GenerationSpec, sources: Sequence[str], *, max_ne
                      f"template's {layout.fixed} tokens and a source token), got {n!r}")
   prompts = [layout.prefix_ids(source, lm.config.block_size - n, f"source {i}")[0]
              for i, source in enumerate(layout.encode_fields(sources))]
-  options = {"temperature": 0.0, **options}
+  if options.get("num_beams", 1) == 1:
+    options = {"temperature": 0.0, **options}  # Greedy unless asked otherwise (beam search is deterministic).
   outputs = []
   for lo in progress(range(0, len(prompts), batch_size)):
     outputs += lm.generate(prompts[lo:lo + batch_size], n, stop=[layout.end], **options)

@@ -78,3 +78,12 @@ def test_long_prompts_whose_bucket_would_overflow_the_context_equal_hugging_face
   eos = _eos(lm, prompts)
   ours = lm.generate(prompts, N, num_beams=3, num_return_sequences=2, stop=[[eos]])
   assert ours == _hf(ref, prompts, eos, num_beams=3, num_return_sequences=2)
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 0.7}, {"temperature": 0}, {"top_k": 5}, {"top_p": 0.9},
+                                     {"num_samples": 2}])
+def test_a_sampling_setting_with_beams_is_an_error_naming_it_not_silently_ignored(models, setting):
+  _, lm = models
+  name, value = next(iter(setting.items()))
+  with pytest.raises(ValueError, match=rf"{name}={value!r} not used by beam search \(num_beams=2\)"):
+    lm.generate(_prompts(), N, num_beams=2, **setting)
