@@ -10,11 +10,11 @@ import math
 
 import numpy as np
 from absl import app
-from ml_collections import config_flags
-
+from gptjax import config_files
 from gptjax import data
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config.", lock_config=True)
+# `configs/<name>.py` from any folder, or `gptjax:<name>`, like `python -m gptjax.train`.
+_CONFIG = config_files.DEFINE_config_file("config", "Training config.")
 
 
 def main(_):
