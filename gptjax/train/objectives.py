@@ -24,10 +24,11 @@ evaluation cadence, early stopping, the NaN guard, logging, checkpoints). The in
   meta(), on_best(...), result(...), finish(...)
                                 what the checkpoint records and what the run exports
 
-Three objectives: `LanguageModeling` (next-token cross-entropy, the pre-training of `configs/default.py`),
-`Finetuning` (GPT-1's task head: task loss + lm_coef * LM loss, `gptjax.finetune`) and, in `gptjax.train.distill`,
+Four objectives: `LanguageModeling` (next-token cross-entropy, the pre-training of `configs/default.py`),
+`Finetuning` (GPT-1's task head: task loss + lm_coef * LM loss, `gptjax.finetune`), in `gptjax.train.distill`
 `Distillation` (a student on a frozen teacher's predictions: its `loss` runs the teacher forward inside the same
-jitted step).
+jitted step), and in `gptjax.train.seq2seq` `GenerationFinetuning` (`finetune.task='generation'`: source ->
+target examples, the loss on the target tokens only). `objective_class(config)` picks one.
 """
 
 from __future__ import annotations
