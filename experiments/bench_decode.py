@@ -46,6 +46,14 @@ That pair ran before `prefill_batch` (the engine then prefilled batch-8 rows one
 later pairs, under heavy load, gave batch-1 ratios 2.13 / 1.31 (engine) vs 0.66 / 1.21 (before) and batch-8 ratios
 1.05 / 0.74 vs 1.01 / 0.84: within the noise of each other, not yet a clean measurement.
 
+Re-measured 2026-12-02 on the same machine nearly idle (load average 0.7-1.6), torch with its default 2 threads:
+  python experiments/bench_decode.py --batch_sizes=1,8 --prompt_len=64 --new_tokens=32 --repeats=3
+  batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
+      1 |         41.3 |      22.3 |  1.85 |      82.4 / 196.8   |     21.34 / 41.87   |       6.3
+      8 |        131.1 |      73.2 |  1.79 |     498.5 / 976.9   |     44.40 / 91.39   |       4.8
+  batch 1: 498 MB read per token in 21.3 ms, ~23 GB/s. The >= 3x goal is not met: at this shape both
+  sides are bound by the same matmuls; the ratio comes from HF's per-step overhead and its slower prefill.
+
 At small shapes HF's per-step Python overhead (logits processors, stopping criteria, cache objects) dominates and the
 one-program loop wins by 2-8x; at GPT-2 small on this CPU both are bound by the matmuls, and the loop's per-token
 step is still ~2x faster. No GPU was lent to this task, so the memory-bandwidth fraction is not measured yet.

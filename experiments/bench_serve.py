@@ -70,6 +70,20 @@ this process, without HTTP, the engine's `Scheduler` alone gave 845 tok/s with 1
 the small shape with a quiet CPU (load 0.9), so the HTTP layer costs little; `--steps_per_call=4` raised those to
 1,443 and 3,422. Expect the ratio to grow where a step is bound by memory bandwidth (a GPU, an idle CPU); no GPU
 was lent to this task. Compiles during the traces: 0 on every server (all warmed up before /health said ok).
+
+Re-measured 2026-12-02 on the same machine nearly idle (load average 1.4-1.8), saturated traces only:
+`python experiments/bench_serve.py --rates=inf` (defaults otherwise; HF with 1 torch thread), 2:15 wall:
+
+  model       | gptjax 8 slots | gptjax 1 slot | HF, 1 at a time | 8 slots / 1 slot | 8 slots / HF
+  small       |   2218 tok/s   |    972 tok/s  |     496 tok/s   |      2.28x       |    4.47x
+  gpt2_small  |    107 tok/s   |     37 tok/s  |      20 tok/s   |      2.86x       |    5.29x
+
+(a run of gpt2_small alone just before gave 124 against 36.5 tok/s, 3.40x). TPOT at gpt2_small: 62 ms per step
+over 8 slots against 25 ms over 1 (2.4x the cost for 8x the rows). On a quiet CPU the >= 4x goal against HF holds
+at both shapes; against gptjax's own one-slot server it is still not met (2.3x-3.4x). Where the rest goes: the
+batch-8 logits matmul costs ~2.7x the batch-1 one because XLA packs the 154 MB embedding for a small-M matmul
+(a vocabulary-major `VD,BD->VB` product read by sampling along axis 0 cut it ~30% in a microbenchmark; not done),
+and admission (one prefill and insert per request) runs between decode steps.
 """
 
 from __future__ import annotations
