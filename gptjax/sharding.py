@@ -220,13 +220,15 @@ def split_cpu_cores(count: int) -> Optional[int]:
   until the gradient all-reduce (exact up to summation order). `experiments/bench_train.py` measures both.
 
   Only before JAX has initialised its backends, and never over the user's own choice: does nothing (returns None)
-  when `XLA_FLAGS` sets `--xla_force_host_platform_device_count`, `JAX_NUM_CPU_DEVICES` is set, the backends are
-  already up (the config must be set before any JAX operation), or `count` is 1. Accelerators are unaffected:
-  the flag only shapes the CPU platform. Returns the count applied.
+  when `XLA_FLAGS` sets `--xla_force_host_platform_device_count`, `JAX_NUM_CPU_DEVICES` is set, `count` is 1, or
+  the backends are already up (JAX then refuses the option: it must be set before any JAX operation).
+  Accelerators are unaffected: the option only shapes the CPU platform. Returns the count applied.
   """
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or os.environ.get("JAX_NUM_CPU_DEVICES") or xla_bridge.backends_are_initialized()):
+      or os.environ.get("JAX_NUM_CPU_DEVICES")):
     return None
-  jax.config.update("jax_num_cpu_devices", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # "should be updated before backends are initialized": too late for this process.
+    return None
   return count

@@ -27,12 +27,27 @@ def test_the_automatic_count_is_the_most_cores_that_divide_every_batch(requested
   assert sharding.cpu_device_count(requested, batches, cores=cores) == expected
 
 
-def test_the_split_never_overrides_a_device_count_the_user_set(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-  assert sharding.split_cpu_cores(2) is None
-  monkeypatch.setenv("XLA_FLAGS", "")
-  monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "3")
-  assert sharding.split_cpu_cores(2) is None
+def _split_in_a_fresh_process(env: dict[str, str], count: int = 2) -> tuple[str, int]:
+  """(what split_cpu_cores returned, the devices JAX then has) in a new process: this one's backends are up."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")} | env
+  code = (f"import jax\nfrom gptjax import sharding\napplied = sharding.split_cpu_cores({count})\n"
+          f"print(applied, jax.device_count())\nprint(sharding.split_cpu_cores(4), jax.device_count())")
+  run = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  first, after_start = run.stdout.split("\n")[:2]
+  assert after_start == f"None {first.split()[1]}"  # Once JAX has started, a second split is refused quietly.
+  applied, devices = first.split()
+  return applied, int(devices)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("2", 2)),  # Nothing set: the split applies.
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, ("None", 3)),  # The user's count wins.
+    ({"JAX_NUM_CPU_DEVICES": "3"}, ("None", 3)),
+])
+def test_the_split_applies_before_jax_starts_and_never_overrides_a_count_the_user_set(env, expected):
+  assert _split_in_a_fresh_process(env) == expected
 
 
 def test_a_negative_count_is_refused_naming_the_field():

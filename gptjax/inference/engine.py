@@ -149,6 +149,7 @@ class Engine:
       num_slots: Requests decoded together.
       max_length: Cache length per slot: prompt + generated tokens (default: the model's context).
     """
+    self._driver = None  # weakref to the Scheduler using the slots (`Scheduler.__init__` refuses a second one).
     block_size = lm.config.block_size
     max_length = block_size if max_length is None else max_length
     if not isinstance(num_slots, int) or num_slots < 1:
@@ -349,8 +350,7 @@ class Scheduler:
         but a request's tokens may then depend on its companions through the last bits of its prompt's logits.
         Off, each request gets exactly the tokens it gets alone.
     """
-    driver = getattr(engine, "_driver", None)
-    driver = driver() if driver is not None else None
+    driver = engine._driver() if engine._driver is not None else None  # pylint: disable=protected-access
     if driver is not None and driver.has_work():
       raise RuntimeError(
           f"This engine's {engine.num_slots} slots are in use by another Scheduler that still has requests; two "
