@@ -180,6 +180,17 @@ def lambada(lm, passages: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
   }
 
 
+def _checked(examples, where, check) -> tuple[list, list]:
+  """(examples, their names) as lists, each example passed through `check(example, name)`; none is an error."""
+  examples = list(examples)
+  if not examples:
+    raise ValueError("Nothing to evaluate: the dataset has no examples")
+  where = list(where) if where is not None else [f"example {i}" for i in range(len(examples))]
+  for example, label in zip(examples, where):
+    check(example, label)
+  return examples, where
+
+
 def multiple_choice(lm, examples: Sequence[dict], *, separator: str = " ", batch_size: int = DEFAULT_BATCH_SIZE,
                     progress: bool = False, where: Optional[Sequence[str]] = None) -> dict:
   """HellaSwag / Story Cloze style: pick the ending the model finds most likely after the context.
@@ -200,12 +211,7 @@ def multiple_choice(lm, examples: Sequence[dict], *, separator: str = " ", batch
     A dict with `metrics` (acc, acc_norm), `counts`, `settings` and `scores` (per example, the ending
     log-probabilities).
   """
-  examples = list(examples)
-  if not examples:
-    raise ValueError("Nothing to evaluate: the dataset has no examples")
-  where = list(where) if where is not None else [f"example {i}" for i in range(len(examples))]
-  for example, label in zip(examples, where):
-    check_choice_example(example, label)
+  examples, where = _checked(examples, where, check_choice_example)
   pairs, pair_where = [], []
   for example, label in zip(examples, where):
     for j, ending in enumerate(example["endings"]):
@@ -258,12 +264,7 @@ def generation(lm, examples: Sequence[dict], *, template: Optional[str] = None, 
     A dict with `metrics` (bleu, rougeL), `counts`, `settings` and `predictions`.
   """
   from gptjax import seq2seq, text_metrics  # pylint: disable=g-import-not-at-top
-  examples = list(examples)
-  if not examples:
-    raise ValueError("Nothing to evaluate: the dataset has no examples")
-  where = list(where) if where is not None else [f"example {i}" for i in range(len(examples))]
-  for example, label in zip(examples, where):
-    check_generation_example(example, label)
+  examples, where = _checked(examples, where, check_generation_example)
   tuned = getattr(lm.head, "spec", None)
   if tuned is not None and tuned.kind == seq2seq.TASK:
     if template is not None and template != tuned.template:
