@@ -69,11 +69,6 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> Optional[float
   return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
 
 
-def atomic_write_text(path: paths.PathLike, text: str) -> None:
-  """Writes `text` to `path` (local or cloud) so that a kill leaves the old file or the new one."""
-  paths.write_atomic(path, text)
-
-
 def _records_up_to(path: paths.PathLike, step: int) -> list[str]:
   """The lines of a metrics.jsonl with step <= `step`; a line torn by a kill mid-write is dropped."""
   kept = []
@@ -175,7 +170,7 @@ class MetricWriter:
       return
     if self.path.exists():
       self._lines = _records_up_to(self.path, resume_step)
-      atomic_write_text(self.path, "".join(line + "\n" for line in self._lines))
+      paths.write_atomic(self.path, "".join(line + "\n" for line in self._lines))
     if self.tensorboard_dir.is_dir():
       truncate_tensorboard(self.tensorboard_dir, resume_step, RUN_INFO_TAGS if run_config is not None else ())
     if tensorboard:
@@ -209,7 +204,7 @@ class MetricWriter:
         f.write(line + "\n")
     else:
       self._lines.append(line)
-      atomic_write_text(self.path, "".join(l + "\n" for l in self._lines))
+      paths.write_atomic(self.path, "".join(l + "\n" for l in self._lines))
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -336,7 +336,7 @@ class _Run:
     pending: list[dict] = list(loop_state.get("pending", []))  # Per-step metrics since the last log line.
     run_config = self._run_config()
     if is_main:
-      metrics_lib.atomic_write_text(self.workdir / checkpoint_lib.CONFIG_FILE, json.dumps(run_config, indent=2) + "\n")
+      paths.write_atomic(self.workdir / checkpoint_lib.CONFIG_FILE, json.dumps(run_config, indent=2) + "\n")
     logging.info("Model: %s parameters; mesh %s; %d process(es); objective %s.",
                  f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", dict(mesh.shape), jax.process_count(),
                  objective.name)

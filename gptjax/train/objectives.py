@@ -311,7 +311,7 @@ def run_eval_tasks(config, workdir: pathlib.Path) -> dict[str, dict]:
     result["data"] = name
     results[f"{task}:{name}"] = result
     logging.info("Evaluation of %s on %s:\n%s", task, name, evaluate_lib.format_table(result))
-  metrics_lib.atomic_write_text(workdir / "eval_results.json", json.dumps(results, indent=2, default=str) + "\n")
+  paths.write_atomic(workdir / "eval_results.json", json.dumps(results, indent=2, default=str) + "\n")
   return results
 
 
