@@ -176,13 +176,15 @@ def test_from_dict_rejects_unknown_fields():
   assert M.ModelConfig.from_dict(TINY.to_dict()) == TINY
 
 
+# 1 and 65 rows: the usual matmul; 2 rows: the vocab-major one that decode steps of a few slots use.
+@pytest.mark.parametrize("rows", [1, 2, 65])
 @pytest.mark.parametrize("config", [TINY, dataclasses.replace(TINY_GPT1, tie_embeddings=False)], ids=["tied", "untied"])
-def test_last_only_gives_the_last_positions_logits(tiny_params, config):
+def test_last_only_gives_the_last_positions_logits(tiny_params, config, rows):
   params = tiny_params(config)
-  tokens = jax.random.randint(jax.random.key(5), (2, 9), 0, config.vocab_size)
+  tokens = jax.random.randint(jax.random.key(5), (rows, 9), 0, config.vocab_size)
   full = M.GPT(config).apply({"params": params}, tokens)
   last = M.GPT(config).apply({"params": params}, tokens, last_only=True)
-  assert last.shape == (2, 1, config.vocab_size)
+  assert last.shape == (rows, 1, config.vocab_size)
   np.testing.assert_allclose(last, full[:, -1:], atol=1e-6)
 
 
