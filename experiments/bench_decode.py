@@ -54,6 +54,12 @@ Re-measured 2026-12-02 on the same machine nearly idle (load average 0.7-1.6), t
   batch 1: 498 MB read per token in 21.3 ms, ~23 GB/s. The >= 3x goal is not met: at this shape both
   sides are bound by the same matmuls; the ratio comes from HF's per-step overhead and its slower prefill.
 
+After the vocabulary-major logits of decode steps over 2-64 rows (`gptjax/model.py`), same command, load ~1.4:
+  batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
+      1 |         42.3 |      21.5 |  1.96 |      93.2 / 188.7   |     20.77 / 42.94   |       5.2
+      8 |        130.2 |      66.1 |  1.97 |     541.8 / 1109.4  |     44.24 / 101.54  |       5.5
+  Both above the floor of the serving issue (1.9x / 1.7x); the >= 3x goal is still not met.
+
 At small shapes HF's per-step Python overhead (logits processors, stopping criteria, cache objects) dominates and the
 one-program loop wins by 2-8x; at GPT-2 small on this CPU both are bound by the matmuls, and the loop's per-token
 step is still ~2x faster. No GPU was lent to this task, so the memory-bandwidth fraction is not measured yet.
