@@ -24,7 +24,7 @@ def _gptjax(*args):
 def test_usage_lists_every_command():
   result = _gptjax("--help")
   assert result.returncode == 0
-  for command in ("train", "sample", "evaluate", "predict", "serve"):
+  for command in ("train", "sample", "evaluate", "predict", "serve", "lm_eval"):
     assert f"\n  {command} " in result.stdout
   assert _gptjax().returncode == 2
   unknown = _gptjax("trian")
@@ -37,6 +37,7 @@ def test_usage_lists_every_command():
     ("evaluate", ["--model", "--task", "--data"]),
     ("predict", ["--model", "--data", "--output"]),
     ("serve", ["--model"]),
+    ("lm_eval", ["run", "ls"]),  # lm-evaluation-harness's own command line, with the gptjax model registered.
 ])
 def test_each_command_help_lists_its_flags(command, expected_flags):
   result = _gptjax(command, "--help")

@@ -82,6 +82,7 @@ def _run_cli(args, cwd, timeout=300):
   return result
 
 
+@pytest.mark.slow  # Three CLI runs in subprocesses: over a minute on two cores.
 def test_fine_tuning_a_pretrained_model_learns_a_real_task_through_the_clis(tmp_path):
   # 1. Pre-train a tiny GPT-2 on the start of the standard library with the trainer's CLI.
   pretrain = tmp_path / "pretrain"
