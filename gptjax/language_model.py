@@ -79,11 +79,8 @@ class LanguageModel:
     return engine
 
   def check_token_ids(self, ids: np.ndarray) -> None:
-    """Raises ValueError naming the first id outside [0, vocab_size)."""
-    bad = (ids < 0) | (ids >= self.config.vocab_size)
-    if bad.any():
-      value = int(ids[bad].flat[0])
-      raise ValueError(f"Token id {value} is outside the model's vocabulary [0, {self.config.vocab_size})")
+    """Raises ValueError naming the first id outside [0, vocab_size) (the engine's own check)."""
+    engine_lib.check_vocabulary(self.config, np.asarray(ids))
 
   def logits(self, token_ids: TokenIds, attention_mask: Optional[np.ndarray] = None) -> np.ndarray:
     """Next-token logits for every position.

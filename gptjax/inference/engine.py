@@ -128,11 +128,16 @@ def _check_ids(lm_config: ModelConfig, ids, name: str = "token_ids") -> np.ndarr
   if ids.shape[1] > lm_config.block_size:
     raise ValueError(f"Sequence of {ids.shape[1]} tokens exceeds the model's context "
                      f"block_size={lm_config.block_size}")
+  check_vocabulary(lm_config, ids)
+  return ids
+
+
+def check_vocabulary(lm_config: ModelConfig, ids: np.ndarray) -> None:
+  """Raises ValueError naming the first id outside [0, vocab_size)."""
   bad = (ids < 0) | (ids >= lm_config.vocab_size)
   if bad.any():
     raise ValueError(f"Token id {int(ids[bad].flat[0])} is outside the model's vocabulary "
                      f"[0, {lm_config.vocab_size})")
-  return ids
 
 
 class Engine:
