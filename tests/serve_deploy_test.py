@@ -50,3 +50,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gptjax.serve: error: ") and expected in lines[0], lines
+
+
+def test_default_model_name_is_the_folders_own_name(tmp_path):
+  from gptjax.serve.__main__ import default_model_name  # pylint: disable=g-import-not-at-top
+  (tmp_path / "tiny").mkdir()
+  assert default_model_name(str(tmp_path / "tiny")) == "tiny"
+  assert default_model_name("gpt2") == "gpt2"  # A hub name, as given.
+  assert default_model_name("gs://bucket/runs/tiny/") == "tiny"  # A cloud folder: its last component.

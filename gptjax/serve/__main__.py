@@ -32,7 +32,10 @@ _PORT_FILE = flags.DEFINE_string("port_file", None, "Write the listening port to
 
 
 def default_model_name(model: str) -> str:
-  """The served id: a hub name as given (`gpt2`), a folder's own name (`/runs/tiny` -> `tiny`)."""
+  """The served id: a hub name as given (`gpt2`), a folder's own name (`/runs/tiny` -> `tiny`, `gs://b/runs/tiny/`
+  -> `tiny`)."""
+  if "://" in model:
+    return model.rstrip("/").rsplit("/", 1)[-1]
   path = pathlib.Path(model).expanduser()
   return path.resolve().name if path.exists() else model
 
