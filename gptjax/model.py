@@ -43,7 +43,7 @@ _ACTIVATIONS = {
 }
 _DTYPES = ("float32", "bfloat16", "float16")
 _ATTENTION_IMPLS = (None, "einsum", "xla", "cudnn")
-_VOCAB_MAJOR_ROWS = 64  # `last_only` logits of 2..64 rows (decode steps, small prefills) are computed vocab-major.
+_VOCAB_MAJOR_ROWS = 64  # On CPUs, `last_only` logits of 2..64 rows (decode steps, small prefills) are vocab-major.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,10 +433,11 @@ class GPT(nn.Module):
       x_BLD = layer_norm(cfg, "ln_f")(x_BLD).astype(dtype)
 
     head_BLD = x_BLD[:, -1:] if last_only else x_BLD
-    if cfg.tie_embeddings and last_only and 1 < B <= _VOCAB_MAJOR_ROWS:
-      # Decoding a few rows: the embedding as the matmul's left operand, [V, B] out. XLA:CPU repacks the
+    if cfg.tie_embeddings and last_only and 1 < B <= _VOCAB_MAJOR_ROWS and jax.default_backend() == "cpu":
+      # Decoding a few rows on a CPU: the embedding as the matmul's left operand, [V, B] out. XLA:CPU repacks the
       # [V, D] embedding (154 MB for GPT-2) when it is the right operand of a small-M matmul: at 8 rows this
       # form took 7.8 ms against 11.7 (2 cores). The barrier keeps XLA from folding the transpose back into the dot.
+      # Accelerators keep the usual product (not measured there).
       logits_VB = jnp.einsum("VD,BD->VB", wte.embedding.astype(dtype), head_BLD[:, 0],
                              preferred_element_type=jnp.float32)
       logits_BLV = jax.lax.optimization_barrier(logits_VB).T[:, None]

@@ -34,8 +34,9 @@ _PORT_FILE = flags.DEFINE_string("port_file", None, "Write the listening port to
 def default_model_name(model: str) -> str:
   """The served id: a hub name as given (`gpt2`), a folder's own name (`/runs/tiny` -> `tiny`, `gs://b/runs/tiny/`
   -> `tiny`)."""
-  if "://" in model:
-    return model.rstrip("/").rsplit("/", 1)[-1]
+  from gptjax import paths  # pylint: disable=g-import-not-at-top
+  if paths.is_uri(model):
+    return paths.path(model).name
   path = pathlib.Path(model).expanduser()
   return path.resolve().name if path.exists() else model
 
