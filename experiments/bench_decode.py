@@ -54,7 +54,8 @@ Re-measured 2026-12-02 on the same machine nearly idle (load average 0.7-1.6), t
   batch 1: 498 MB read per token in 21.3 ms, ~23 GB/s. The >= 3x goal is not met: at this shape both
   sides are bound by the same matmuls; the ratio comes from HF's per-step overhead and its slower prefill.
 
-After the vocabulary-major logits of decode steps over 2-64 rows (`gptjax/model.py`), same command, load ~1.4:
+After the vocabulary-major logits of decode steps over 2-64 rows (`gptjax/model.py`), same command, run right
+after the bench_serve run in its docstring (load 1.4 at that run's end; not read at this one's):
   batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
       1 |         42.3 |      21.5 |  1.96 |      93.2 / 188.7   |     20.77 / 42.94   |       5.2
       8 |        130.2 |      66.1 |  1.97 |     541.8 / 1109.4  |     44.24 / 101.54  |       5.5

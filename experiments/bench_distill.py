@@ -100,7 +100,7 @@ its teacher's 64.48); 0.9 KD + 0.1 CE at T=2 63.81; 0.5 + 0.5 at T=1 59.60 (T=2:
 cross-entropy peaks near 150 steps: with more, the student passes a teacher this weak and its term holds it back.
 
 A stronger teacher, 3000 steps (measured 2026-12-02 on the same machine, load ~1.5; `--teacher_steps=3000
---skip_gpt2`, 3:13 wall with the teacher cached, about 10 minutes more to train it):
+--skip_gpt2`, 3:13 wall with the teacher cached; training it took about 11 more minutes, with tests running beside it):
 
   teacher 3000 steps, students 150 steps each (16 x 128 tokens per step)
   | model | layers | params | val ppl | x teacher | decode tok/s | x teacher | train s |

@@ -96,8 +96,9 @@ read back through an optimisation barrier so XLA keeps that operand order), same
 (the small shape's rows moved with the machine: its one-slot server gave 972 tok/s in the run above). At gpt2_small,
 in-process and without HTTP: a decode step over 8 slots 36.3 ms against 21.2 ms over 1 (4.7x the tokens per
 second), the prefill of one 24-token prompt (bucket 32) 49 ms, an insert 1 ms. One request of this trace then
-costs 32 x 36.3 / 8 + 50 = 195 ms of engine time with 8 slots against 32 x 21.2 + 50 = 728 ms with one: a ceiling
-of 3.7x for this trace, reached to 90% (3.32x). The prefill is compute-bound (~110 GFLOP/s on the two cores), and
+costs about 32 x 36.3 / 8 + 50 = 195 ms of engine time with 8 slots against 32 x 21.2 + 50 = 728 ms with one
+(best-of-10 timings, so an estimate): a ceiling of about 3.7x for this trace, of which the server reached 3.32x.
+By its FLOP count the prefill is compute-bound (5.4 GFLOP of blocks in 49 ms, ~110 GFLOP/s on two cores), and
 prefilling the admitted prompts together (`Scheduler(batch_prefill=True)`) would give up the promise that a request
 gets the tokens it gets alone, so the >= 4x goal against the one-slot server stays unmet on this CPU.
 """
