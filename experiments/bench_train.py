@@ -111,9 +111,16 @@ def _jax_side(name, one_device: bool = False):
   ops are parallelised over the cores by XLA's thread pool).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from gptjax import metrics as metrics_lib, model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from gptjax import host_memory, metrics as metrics_lib, model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
+  layers, heads, width, vocab, seq_len, batch = _shape(name)
+  devices = 1
   if not one_device:
-    sharding.split_cpu_cores(sharding.cpu_device_count(0, [_shape(name)[-1]]))
+    devices = sharding.split_cpu_cores(sharding.cpu_device_count(0, [batch])) or 1
+  # As the trainer decides (`gptjax.train.loop.split_cpu_cores`): one allocator arena for large steps.
+  if host_memory.training_buffer_bytes(vocab_size=vocab, block_size=seq_len, num_layers=layers, num_heads=heads,
+                                       emb_dim=width, mlp_dim=4 * width, rows_per_device=batch // devices
+                                       ) > host_memory.SECONDARY_HEAP_BYTES:
+    host_memory.one_arena()
 
   on_gpu = jax.devices()[0].platform == "gpu"
   config = _model_config(name, on_gpu)

@@ -2,10 +2,15 @@
 
 The public face: `gptjax.load`, `gptjax.load_tokenizer`, `gptjax.fit`, `gptjax.deploy`, `gptjax.LanguageModel`,
 `gptjax.ModelConfig`.
-Nothing heavy happens at import: the submodules (and jax) load on first use.
+Nothing heavy happens at import: the submodules (and jax) load on first use. The one thing import does is set
+the host allocator up for XLA:CPU (`gptjax/host_memory.py`: glibc's `mallopt`, before JAX starts its CPU client).
 """
 
 import importlib
+
+from gptjax import host_memory as _host_memory
+
+_host_memory.configure()
 
 __version__ = "0.1.0"
 

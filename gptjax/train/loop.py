@@ -42,6 +42,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from gptjax import checkpoint as checkpoint_lib
+from gptjax import host_memory
 from gptjax import metrics as metrics_lib
 from gptjax import optim
 from gptjax import paths
@@ -89,14 +90,27 @@ def split_cpu_cores(config) -> Optional[int]:
 
   Automatic (0) only for the default mesh (data = all devices, no fsdp or tensor axis) of a single process; a
   positive count is the user's. Called first thing by `train_and_evaluate`, so both `python -m gptjax.train` and
-  `gptjax.fit` in a fresh process get it.
+  `gptjax.fit` in a fresh process get it. A step whose buffers outgrow glibc's secondary heaps also gets one
+  allocator arena (`gptjax.host_memory.one_arena`).
   """
   m, t = config.mesh, config.train
   requested = m.get("cpu_devices", 0)
   if jax.distributed.is_initialized() or (not requested and (m.data, m.fsdp, m.tensor) != (-1, 1, 1)):
     return None
   micro = t.batch_size // t.grad_accum_steps
-  return sharding.split_cpu_cores(sharding.cpu_device_count(requested, [micro, config.eval.batch_size or micro]))
+  count = sharding.cpu_device_count(requested, [micro, config.eval.batch_size or micro])
+  applied = sharding.split_cpu_cores(count)
+  model = config.model
+  try:
+    step_bytes = host_memory.training_buffer_bytes(
+        vocab_size=model.vocab_size, block_size=model.block_size, num_layers=model.num_layers,
+        num_heads=model.num_heads, emb_dim=model.emb_dim, mlp_dim=model.get("mlp_dim") or 4 * model.emb_dim,
+        rows_per_device=max(1, micro // max(1, applied or 1)))
+  except (AttributeError, KeyError, TypeError):  # A fine-tuning config whose model comes from its checkpoint.
+    step_bytes = 0
+  if step_bytes > host_memory.SECONDARY_HEAP_BYTES:
+    host_memory.one_arena()  # The step's buffers would be mapped afresh every step (`gptjax/host_memory.py`).
+  return applied
 
 
 def make_plan(config, steps_per_epoch: int) -> Plan:
