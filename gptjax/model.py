@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import dots
+
 _NORMS = ("pre", "post")
 _ACTIVATIONS = {
     # GPT-1 and GPT-2 both use the tanh approximation (HF's "gelu_new"; GPT-1's config says "gelu" for it).
@@ -219,6 +221,7 @@ class CausalSelfAttention(nn.Module):
     # numbers reshaped to (D, 3, H, K) let the heads axis be sharded over the tensor mesh axis.
     qkv_BL3HK = nn.DenseGeneral(
         features=(3, H, K), axis=-1, dtype=dtype, param_dtype=param_dtype,
+        dot_general=dots.layer_dot_general(),
         kernel_init=_normal(cfg.init_std, ("embed", "qkv", "heads", "kv")),
         bias_init=_zeros(("qkv", "heads", "kv")), name="c_attn")(x_BLD)
     q_BLHK, k_BLHK, v_BLHK = (qkv_BL3HK[:, :, i] for i in range(3))
@@ -263,6 +266,7 @@ class CausalSelfAttention(nn.Module):
     # HF's c_proj is (D, D) with rows ordered (head, head_dim): reshaped to (H, K, D) here.
     return nn.DenseGeneral(
         features=cfg.emb_dim, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
+        dot_general=dots.layer_dot_general(),
         kernel_init=_normal(self._residual_std(), ("heads", "kv", "embed")),
         bias_init=_zeros(("embed",)), name="c_proj")(out_BLHK)
 
@@ -329,12 +333,12 @@ class MLP(nn.Module):
   def __call__(self, x_BLD, deterministic: bool):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    h_BLF = nn.Dense(cfg.mlp_dim, dtype=dtype, param_dtype=param_dtype,
+    h_BLF = nn.Dense(cfg.mlp_dim, dtype=dtype, param_dtype=param_dtype, dot_general=dots.layer_dot_general(),
                      kernel_init=_normal(cfg.init_std, ("embed", "mlp")), bias_init=_zeros(("mlp",)),
                      name="c_fc")(x_BLD)
     h_BLF = _ACTIVATIONS[cfg.activation](h_BLF)
     std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.scale_residual_init else cfg.init_std
-    return nn.Dense(cfg.emb_dim, dtype=dtype, param_dtype=param_dtype,
+    return nn.Dense(cfg.emb_dim, dtype=dtype, param_dtype=param_dtype, dot_general=dots.layer_dot_general(),
                     kernel_init=_normal(std, ("mlp", "embed")), bias_init=_zeros(("embed",)),
                     name="c_proj")(h_BLF)
 
@@ -442,10 +446,11 @@ class GPT(nn.Module):
                              preferred_element_type=jnp.float32)
       logits_BLV = jax.lax.optimization_barrier(logits_VB).T[:, None]
     elif cfg.tie_embeddings:
-      logits_BLV = jnp.einsum("BLD,VD->BLV", head_BLD, wte.embedding.astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_BLV = dots.layer_dot_general()(head_BLD, wte.embedding.astype(dtype), (((2,), (1,)), ((), ())),
+                                            preferred_element_type=jnp.float32)
     else:
       logits_BLV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                            dot_general=dots.layer_dot_general(),
                             kernel_init=_normal(cfg.init_std, ("embed", "vocab")), name="lm_head")(head_BLD)
     logits_BLV = logits_BLV.astype(jnp.float32)
     return (logits_BLV, x_BLD) if return_hidden else logits_BLV

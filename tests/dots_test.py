@@ -1,0 +1,68 @@
+"""`gptjax/dots.py`: the layers' products keep XLA's forward and give the same gradients, and a GPT trained
+through them gets PyTorch's gradients on the same weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import gptjax
+from gptjax import dots, hf, model as model_lib
+from gptjax.train import objectives
+from tests import hf_reference
+
+# (input shape, weight shape, dimension numbers): the model's layers and a product that is none of them.
+FORMS = {
+    "c_attn [B,L,D] x [D,3,H,K]": ((4, 6, 8), (8, 3, 2, 5), (((2,), (0,)), ((), ()))),
+    "attn c_proj [B,L,H,K] x [H,K,D]": ((4, 6, 3, 5), (3, 5, 8), (((2, 3), (0, 1)), ((), ()))),
+    "tied head [B,L,D] x [V,D]": ((4, 6, 8), (16, 8), (((2,), (1,)), ((), ()))),
+    "mlp c_proj (narrower output)": ((4, 6, 16), (16, 8), (((2,), (0,)), ((), ()))),
+    "mlp c_fc (wider output)": ((4, 6, 8), (8, 16), (((2,), (0,)), ((), ()))),
+    "batched (XLA's own transpose)": ((3, 6, 8), (3, 8, 5), (((2,), (1,)), ((0,), (0,)))),
+}
+
+
+@pytest.mark.parametrize("form", FORMS.values(), ids=list(FORMS))
+def test_forward_is_xlas_and_the_gradients_equal_xlas(form):
+  lhs_shape, rhs_shape, numbers = form
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=lhs_shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=rhs_shape), jnp.float32)
+
+  def loss(dot_general):
+    return lambda x, w: jnp.sin(dot_general(x, w, numbers, preferred_element_type=jnp.float32)).sum()
+
+  np.testing.assert_array_equal(jax.jit(dots.dot_general, static_argnums=2)(x, w, numbers),
+                                jax.lax.dot_general(x, w, numbers))
+  expected = jax.grad(loss(jax.lax.dot_general), (0, 1))(x, w)
+  got = jax.jit(jax.grad(loss(dots.dot_general), (0, 1)))(x, w)
+  for e, g in zip(expected, got):
+    assert g.shape == e.shape and g.dtype == e.dtype
+    np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_the_cpu_model_uses_them():
+  assert dots.use_for_backend() and dots.layer_dot_general() is dots.dot_general
+
+
+def test_the_training_gradient_equals_pytorchs_on_the_same_weights(tmp_path):
+  reference = hf_reference.random_hf_model("gpt2", 97, 16, 2, 3, 24, seed=3)
+  reference.save_pretrained(tmp_path)
+  lm = gptjax.load(tmp_path)
+  tokens = np.random.default_rng(1).integers(0, 97, size=(3, 17))
+
+  def mean_loss(params):
+    total, count = objectives.loss_fn(params, jnp.asarray(tokens), None, model=model_lib.GPT(lm.config),
+                                      deterministic=True)
+    return total / count
+
+  ours = hf.params_to_state_dict(jax.jit(jax.grad(mean_loss))(lm.params), lm.config)
+  reference.zero_grad()
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+  logits = reference(ids[:, :-1]).logits
+  torch.nn.functional.cross_entropy(logits.reshape(-1, 97), ids[:, 1:].reshape(-1)).backward()
+  names = [name for name, _ in reference.named_parameters()]
+  assert len(names) == len(ours)  # The tied head is the embedding: one tensor on both sides.
+  for name, p in reference.named_parameters():
+    np.testing.assert_allclose(ours[name], p.grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
