@@ -42,6 +42,29 @@ ms per forward + backward at the nanoGPT shape, on a loaded machine). Where the 
 >= 1.5x goal is not met: 1.28x at the nanoGPT shape, 0.91x at the quickstart's, whose 2,048-token vocabulary
 makes the logits matmul and softmax a larger share.
 
+Re-measured 2026-12-03 on another 2-core VM of the project (Intel Xeon with AVX-512; load average 0.9-2.0),
+`python experiments/bench_train.py --rounds=5 --frameworks=jax,torch`, after two changes found in a profile of
+the quickstart's gradient (a `jax.profiler` trace read with xprof, and `getrusage` page-fault counts):
+- `gptjax/host_memory.py`: XLA:CPU's 87 MB temporary buffer per device was `mmap`-ed afresh by glibc at every
+  step (42,600 page faults, 175 MB, per step); glibc now keeps its memory, with one arena for steps that large.
+- `gptjax/dots.py`: the weight gradients take the narrower operand as the one XLA copies into column order
+  (the logits' gradient, 8 MB, was copied for the embedding's gradient).
+
+  | shape        | framework          |     params |                 tokens/s |  ms/step |         peak memory |    MFU |           vs torch |
+  |--------------|--------------------|------------|--------------------------|----------|---------------------|--------|--------------------|
+  | nanogpt_cpu  | jax 0.10.2 x2      |    809,856 |   22,682 [17,662-23,354] |     33.9 |   0.56 GiB host RSS |    n/a |  1.27x [1.03-1.37] |
+  | nanogpt_cpu  | torch 2.13.0+cpu   |    809,856 |   17,345 [16,955-17,923] |     44.3 |   0.64 GiB host RSS |    n/a |                    |
+  | quickstart   | jax 0.10.2 x2      |  1,071,872 |   18,105 [14,523-19,021] |    113.1 |   0.69 GiB host RSS |    n/a |  1.10x [0.96-1.18] |
+  | quickstart   | torch 2.13.0+cpu   |  1,071,872 |   16,438 [15,195-17,038] |    124.6 |   0.90 GiB host RSS |    n/a |                    |
+
+The same command on this machine before the two changes (3 rounds): quickstart 142.7 ms per step, 0.85x
+[0.64-0.90]; nanoGPT 32.5 ms, 1.22x. The quickstart's gradient alone (best of 5 x 20 calls, two devices): 129 ms
+before, 102 after the allocator, 98 after the products. Where its 98 ms per device still go: matmuls (YNNPACK)
+66 ms at 95-145 GFLOP/s each against a core's ~190 GFLOP/s peak, the gradients' all-reduce 6.6 ms (one tuple of
+54 arrays; the same bytes as one concatenated array reduce in 2.1 ms, but GSPMD reduces the pieces before any
+concatenation, and doing it by hand would take the step out of GSPMD), the attention's batched products 5.4 ms,
+the rest elementwise. So the >= 1.5x goal is still not met at either shape.
+
 On a loaded machine (the previous revision of this table, load 4-6) the ratios were far higher (1.4x at both
 shapes, single rounds up to 18x) because PyTorch's OpenMP threads degrade far worse than XLA's when other jobs
 take the cores; that is not a fair comparison, so the quiet figures above are the ones to quote.
