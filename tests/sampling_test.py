@@ -195,3 +195,15 @@ def test_greedy_gpt1_equals_hugging_face_generate(tmp_path):
   lm = gptjax.load(tmp_path)
   for prompt in ([5, 17, 3], [44]):
     assert lm.generate([prompt], 8, temperature=0) == _hf_generate(model, [prompt], 8)
+
+
+def test_greedy_is_argmax_with_its_ties_infinities_and_nans():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 300)).astype(np.float32)
+  logits[1, [7, 100]] = 50.0  # A tie: the lower id.
+  logits[2, :] = -np.inf  # Nothing allowed: id 0, as argmax.
+  logits[3, [9, 20]] = np.nan  # NaNs: the first, as argmax.
+  logits[4, 299] = np.inf
+  logits[5, :] = 3.0  # All tied.
+  np.testing.assert_array_equal(S.greedy(jnp.asarray(logits)), np.argmax(logits, axis=-1))
+  assert S.greedy(jnp.asarray(logits)).dtype == jnp.int32
