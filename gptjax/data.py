@@ -30,7 +30,6 @@ just the step.
 """
 
 import collections
-import dataclasses
 import glob
 import hashlib
 import itertools
@@ -42,13 +41,14 @@ import sys
 import sysconfig
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tqdm
 from absl import logging
 
 from gptjax import paths
+from gptjax.corpus import Corpus, Documents  # noqa: F401  (part of this module's API)
 from gptjax import tokenizer as tokenizer_lib
 
 DEFAULT_SOURCE = "builtin:python"
@@ -60,24 +60,6 @@ _CACHE_VERSION = 1
 _SPEC_FILE = "gptjax_data_spec.json"  # Beside the saved tokenizer: which spec built it; written last.
 # Not "corpus": the standard library's own tests, vendored third-party code, and installed packages.
 _BUILTIN_SKIP = {"test", "tests", "site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Documents:
-  """A re-iterable sequence of documents (str), with its length for progress bars (None: unknown, a stream)."""
-  iterate: Callable[[], Iterator[str]]
-  count: int | None
-
-  def __iter__(self) -> Iterator[str]:
-    return self.iterate()
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-  """The train and validation documents of a source, and a string that identifies them exactly."""
-  train: Documents
-  val: Documents
-  identity: str
 
 
 class TokenDataset:
@@ -238,7 +220,8 @@ def load_corpus(source: str, *, val_fraction: float = 0.1, tfds_data_dir: str | 
   elif source == "builtin:python":
     docs = _python_stdlib(builtin_max_bytes)
   elif kind == "tfds" and arg:
-    return _tfds_corpus(arg, val_fraction, tfds_data_dir, download)
+    from gptjax import tfds_source  # pylint: disable=g-import-not-at-top  (TFDS is slow to import)
+    return tfds_source.corpus(arg, val_fraction, tfds_data_dir, download)
   elif kind == "hf" and arg:
     from gptjax import hf_datasets  # pylint: disable=g-import-not-at-top  (needs the `datasets` extra)
     return hf_datasets.corpus(arg, val_fraction)
@@ -360,85 +343,6 @@ def _hold_out_characters(docs: list[str], val_fraction: float, source: str) -> t
       return [d for d in train if d], [d for d in val if d]
     cut -= len(doc)
   raise AssertionError("unreachable: cut < total")
-
-
-def _tfds_corpus(spec: str, val_fraction: float, data_dir: str | None, download: bool) -> Corpus:
-  import tensorflow_datasets as tfds  # Imported here: slow to import, and only this source needs it.
-
-  name, feature = _parse_tfds_spec(spec)
-  root = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"TFDS has no dataset {name!r}, neither registered nor prepared in data_dir {root}. See "
-                     f"`tfds.list_builders()`, or check the name.") from None
-  build_cmd = f"tfds build {name} --data_dir {root} --file_format=array_record"
-  if not builder.is_prepared():
-    if not download:
-      raise FileNotFoundError(
-          f"TFDS dataset {name!r} is not prepared in data_dir {root} (looked in {builder.data_dir}). Run "
-          f"`{build_cmd}` where it can be downloaded (copy the folder here if this machine is offline), or let "
-          f"the first run download and prepare it (download=True).")
-    try:
-      builder.download_and_prepare()
-    except Exception as e:
-      raise RuntimeError(f"Could not download and prepare TFDS dataset {name!r} into {root}: {e}. If this "
-                         f"machine is offline, run `{build_cmd}` elsewhere and copy the folder.") from e
-  features = builder.info.features
-  texts = [k for k, v in features.items() if isinstance(v, tfds.features.Text)]
-  if feature is None:
-    if len(texts) != 1:
-      raise ValueError(f"TFDS dataset {name!r} has {len(texts)} text features ({texts}) among "
-                       f"{list(features)}: name one as tfds:{name}:<feature>.")
-    (feature,) = texts
-  elif feature not in features:
-    raise ValueError(f"TFDS dataset {name!r} has no feature {feature!r}; it has {list(features)}.")
-  val_split = next((s for s in ("validation", "test") if s in builder.info.splits), None)
-  try:
-    train = builder.as_data_source(split="train")
-    val = builder.as_data_source(split=val_split) if val_split else train
-  except Exception as e:  # e.g. prepared as tfrecord, which has no random access.
-    raise RuntimeError(f"Cannot read TFDS dataset {name!r} from {builder.data_dir} with random access: {e}. "
-                       f"Re-prepare it as array_record: `{build_cmd}`.") from e
-  n = len(train)
-  cut = n if val_split else n - max(1, int(n * val_fraction))
-  train_range, val_range = range(cut), range(len(val)) if val_split else range(cut, n)
-  if not train_range or not val_range:
-    raise ValueError(f"TFDS dataset {name!r} has {n} train examples: too few to train and validate on.")
-  rule = f"split={val_split}" if val_split else f"holdout_examples={val_fraction!r}"
-  identity = f"tfds:{builder.info.full_name}:{feature}|train={n}|val={len(val_range)}|{rule}"
-  return Corpus(_tfds_documents(train, train_range, feature, name),
-                _tfds_documents(val, val_range, feature, name), identity)
-
-
-def _parse_tfds_spec(spec: str) -> tuple[str, str | None]:
-  """'name/config:1.0.0:text' -> ('name/config:1.0.0', 'text'); a trailing version is not a feature."""
-  head, _, tail = spec.rpartition(":")
-  if not head or tail.replace(".", "").isdigit() or "*" in tail:
-    return spec, None
-  return head, tail
-
-
-def _tfds_documents(source, indices: range, feature: str, name: str) -> Documents:
-  def iterate():
-    for lo in range(indices.start, indices.stop, 512):  # Batched reads: one array_record call per chunk.
-      for i, example in enumerate(_read_examples(source, list(range(lo, min(lo + 512, indices.stop))))):
-        text = example[feature]
-        try:
-          text = bytes(text).decode("utf-8") if isinstance(text, (bytes, np.bytes_)) else str(text)
-        except UnicodeDecodeError as e:
-          raise ValueError(f"TFDS dataset {name!r}, example {lo + i}: {feature!r} is not UTF-8: {e}") from None
-        if text:  # As for files: an empty document would give two eos in a row.
-          yield text
-  return Documents(iterate, len(indices))  # The count may include empty examples: it only feeds tqdm.
-
-
-def _read_examples(source, keys: list[int]) -> list:
-  try:
-    return source.__getitems__(keys)  # Twice as fast as one read per example.
-  except TypeError:
-    # tfds.testing.mock_data binds __getitems__ wrongly in tfds 4.9.x, while [] works.
-    return [source[k] for k in keys]
 
 
 def _fingerprint(tokenizer: tokenizer_lib.Tokenizer) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gptjax import data
+from gptjax.corpus import Corpus, Documents
 
 TEXT_COLUMN = "text"
 UNKNOWN_SIZE_VAL_DOCUMENTS = 1000  # Held out when the split's size is not recorded (a stream has no length).
@@ -46,7 +46,7 @@ def _is_local(location: str) -> bool:
   return os.path.isdir(os.path.expanduser(location))
 
 
-def corpus(spec: str, val_fraction: float) -> data.Corpus:
+def corpus(spec: str, val_fraction: float) -> Corpus:
   """The train and validation documents of `hf:<spec>`."""
   try:
     import datasets  # pylint: disable=g-import-not-at-top
@@ -87,7 +87,7 @@ def corpus(spec: str, val_fraction: float) -> data.Corpus:
     train_docs = _documents(train, column, held_out, size)
     rule = f"holdout_head={held_out}"
   identity = f"hf:{path}|config={config}|split={train_split}|column={column}|{identity_of(train)}|{rule}"
-  return data.Corpus(train_docs, val_docs, identity)
+  return Corpus(train_docs, val_docs, identity)
 
 
 class _Lazy:
@@ -121,7 +121,7 @@ def _num_rows(dataset, split: str) -> int | None:
   return recorded[split].num_examples if split in recorded and recorded[split].num_examples else None
 
 
-def _documents(dataset, column: str, start: int, stop: int | None) -> data.Documents:
+def _documents(dataset, column: str, start: int, stop: int | None) -> Documents:
   """Rows [start, stop) of `dataset` as documents (stop None: to the end of a stream); empty texts skipped."""
 
   def iterate():
@@ -138,4 +138,4 @@ def _documents(dataset, column: str, start: int, stop: int | None) -> data.Docum
       if row[column]:
         yield row[column]
 
-  return data.Documents(iterate, None if stop is None else stop - start)
+  return Documents(iterate, None if stop is None else stop - start)
