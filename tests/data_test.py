@@ -1,4 +1,6 @@
-"""Tests for gptjax.data on real files: local text, the builtin corpus, mocked and really prepared TFDS datasets."""
+"""Tests for gptjax.data on real files: local text, the builtin corpus, mocked and really prepared TFDS datasets.
+(Also covers gptjax/corpus.py, the sources' Documents and Corpus, and gptjax/tfds_source.py, the `tfds:` source.)
+"""
 
 import json
 import os

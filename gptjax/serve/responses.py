@@ -190,9 +190,19 @@ async def _echo_tokens(state: ServerState, plan: Plan) -> list[Optional[list[_To
   return [await state.batcher.call(lambda p=p: prompt_logprobs(state, p, plan.logprobs)) for p in plan.prompts]
 
 
+def _top_by_text(top: list[tuple[str, float]]) -> dict[str, float]:
+  """The completions API's {text: logprob} of the most likely alternatives (most likely first). Tokens that decode
+  to the same text (e.g. the partial UTF-8 bytes shown as U+FFFD) share one key, which keeps the most likely's
+  log-probability, not the last one's."""
+  merged: dict[str, float] = {}
+  for text, logprob in top:
+    merged[text] = max(merged.get(text, -float("inf")), logprob)
+  return merged
+
+
 def _completion_logprobs(tokens: list[_Token]) -> dict:
   return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-          "top_logprobs": [None if t.top is None else dict(t.top) for t in tokens],
+          "top_logprobs": [None if t.top is None else _top_by_text(t.top) for t in tokens],
           "text_offset": [t.offset for t in tokens]}
 
 
