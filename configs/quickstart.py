@@ -13,9 +13,10 @@ zero-shot evaluation included; 160-210 ms per step (10-13k tokens/s). Validation
 model that knows only token frequencies (the unigram baseline; `python experiments/unigram_baseline.py --config
 configs/quickstart.py`) and 7.625 for a uniform guess. The final zero-shot perplexity of the whole validation text
 (`config.eval.tasks`): token perplexity 72.2.
-Measured again on 2026-12-03 on another 2-core VM (Intel Xeon, AVX-512, load ~1.5), after the host allocator
-and weight-gradient changes (`gptjax/host_memory.py`, `gptjax/dots.py`): 2:23 wall in all, 109-119 ms per step
-(17-19k tokens/s), and the same validation loss to the digit, 4.1775 at step 1000 (token perplexity 72.17).
+Measured again on 2026-12-03 on another 2-core VM (Intel Xeon, AVX-512), after the host allocator and
+weight-gradient changes (`gptjax/host_memory.py`, `gptjax/dots.py`): 2:23 wall in all, 106-119 ms per step after
+the first logged interval (17-19k tokens/s), and the same validation loss to the digit, 4.1775 at step 1000
+(token perplexity 72.17).
 The validation text is the alphabetical tail of the stdlib (other modules than the training text), hence train
 loss 3.1 < val 4.18. Other Python versions have other stdlibs: expect nearby, not identical, numbers.
 

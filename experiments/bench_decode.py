@@ -73,9 +73,9 @@ Measured 2026-12-03 on another 2-core VM of the project (Intel Xeon, AVX-512; lo
   decoder of these float32 weights can be more than 1.53x HF at batch 1 on this machine.
 The code of 2026-12-02 (74f9067) gave the same on this machine (1.10x / 1.16x; 25.95 / 59.21 ms per token): the
 ratio fell because PyTorch's kernels are much faster on this CPU (42.9 -> 26.5 ms per token at batch 1), not
-because gptjax got slower (20.8 ms per token on the AMD VM, 25.1 here, at ~70% of a bandwidth the two machines
-do not share). The >= 3x goal is out of reach wherever HF is within 1.5x of the bandwidth bound; the 1.9x / 1.7x
-floor of the deploy issue was a figure of the AMD VM and holds only against a PyTorch that slow.
+because gptjax got slower (25.1 ms per token here against 25.95 before; 20.8 on the AMD VM, whose bandwidth was
+never measured). The >= 3x goal is out of reach wherever HF is within 1.5x of the bandwidth bound; the 1.9x / 1.7x
+floor of the deploy issue was measured on the AMD VM, against its slower PyTorch.
 """
 
 from __future__ import annotations

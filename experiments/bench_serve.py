@@ -102,20 +102,20 @@ By its FLOP count the prefill is compute-bound (5.4 GFLOP of blocks in 49 ms, ~1
 prefilling the admitted prompts together (`Scheduler(batch_prefill=True)`) would give up the promise that a request
 gets the tokens it gets alone, so the >= 4x goal against the one-slot server stays unmet on this CPU.
 
-Re-measured 2026-12-03 on another 2-core VM (Intel Xeon, AVX-512; load ~1.4), `--rates=inf`, after the host
-allocator, weight-gradient and greedy-selection changes:
+Re-measured 2026-12-03 on another 2-core VM (Intel Xeon, AVX-512; load average 1.5 at the run's end),
+`--rates=inf`, after the host allocator, weight-gradient and greedy-selection changes:
 
   model       | gptjax 8 slots | gptjax 1 slot | HF, 1 at a time | 8 slots / 1 slot | 8 slots / HF
   small       |   2707 tok/s   |    879 tok/s  |     526 tok/s   |      3.08x       |    5.15x
   gpt2_small  |     96 tok/s   |     32 tok/s  |      21 tok/s   |      3.01x       |    4.62x
 
 TPOT at gpt2_small 64.7 ms over 8 slots against 29.2 over 1. A profile of the 8-slot decode step (xprof trace of
-`lm.generate`, 8 rows of GPT-2 small) puts ~75% of it in the dense products, which at 8 rows stream their
-weights at ~11 GB/s against the 29 GB/s this CPU reads (`bench_decode.py` measures it): XLA:CPU packs the [in, out]
-kernel for a small-M product. With the kernel stored [out, in] and used as the left operand (`FD,BD->FB`) the same
-product over 24 distinct 768 x 3072 kernels took 0.60 instead of 0.89 ms each (M = 8; M = 1 unchanged at the
-bandwidth). That needs the engine to hold a transposed copy of every kernel (flax checks a parameter's shape), and
-is the next step towards the >= 4x goal; not done here.
+`lm.generate`, 8 rows of GPT-2 small) puts ~75% of it in the dense products, which at 8 rows stream their weights
+at 9-11 GB/s (in the trace; 10.6 in a loop over 24 kernels) against the 29 GB/s this CPU reads
+(`bench_decode.py` measures it); one row reads at the full rate. With the kernel stored [out, in] and used as the
+left operand (`FD,BD->FB`), the same product over 24 distinct 768 x 3072 kernels took 0.60 instead of 0.89 ms
+each at 8 rows. That needs the engine to hold a transposed copy of every kernel (flax checks a parameter's
+shape), and is the next step towards the >= 4x goal; not done here.
 """
 
 from __future__ import annotations

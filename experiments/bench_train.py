@@ -42,7 +42,7 @@ ms per forward + backward at the nanoGPT shape, on a loaded machine). Where the 
 >= 1.5x goal is not met: 1.28x at the nanoGPT shape, 0.91x at the quickstart's, whose 2,048-token vocabulary
 makes the logits matmul and softmax a larger share.
 
-Re-measured 2026-12-03 on another 2-core VM of the project (Intel Xeon with AVX-512; load average 0.9-2.0),
+Re-measured 2026-12-03 on another 2-core VM of the project (Intel Xeon with AVX-512; `uptime` right after: 1.3 / 1.9 / 2.0),
 `python experiments/bench_train.py --rounds=5 --frameworks=jax,torch`, after two changes found in a profile of
 the quickstart's gradient (a `jax.profiler` trace read with xprof, and `getrusage` page-fault counts):
 - `gptjax/host_memory.py`: XLA:CPU's 87 MB temporary buffer per device was `mmap`-ed afresh by glibc at every
@@ -60,10 +60,10 @@ the quickstart's gradient (a `jax.profiler` trace read with xprof, and `getrusag
 The same command on this machine before the two changes (3 rounds): quickstart 142.7 ms per step, 0.85x
 [0.64-0.90]; nanoGPT 32.5 ms, 1.22x. The quickstart's gradient alone (best of 5 x 20 calls, two devices): 129 ms
 before, 102 after the allocator, 98 after the products. Where its 98 ms per device still go: matmuls (YNNPACK)
-66 ms at 95-145 GFLOP/s each against a core's ~190 GFLOP/s peak, the gradients' all-reduce 6.6 ms (one tuple of
-54 arrays; the same bytes as one concatenated array reduce in 2.1 ms, but GSPMD reduces the pieces before any
-concatenation, and doing it by hand would take the step out of GSPMD), the attention's batched products 5.4 ms,
-the rest elementwise. So the >= 1.5x goal is still not met at either shape.
+66 ms for ~7 GFLOP, about 100 GFLOP/s, against a nominal (not measured) ~190 GFLOP/s per AVX-512 core; the
+gradients' all-reduce 6.6 ms, mostly the two devices waiting for each other (one tuple of 54 arrays; a step
+with a single psum of the concatenated gradients under `shard_map` was no faster: 31.7 against 29.9 ms at
+nanoGPT's shape); the attention's batched products 5.4 ms; the rest elementwise. So the >= 1.5x goal is still not met at either shape.
 
 On a loaded machine (the previous revision of this table, load 4-6) the ratios were far higher (1.4x at both
 shapes, single rounds up to 18x) because PyTorch's OpenMP threads degrade far worse than XLA's when other jobs
@@ -135,15 +135,10 @@ def _jax_side(name, one_device: bool = False):
   """
   import jax  # pylint: disable=g-import-not-at-top
   from gptjax import host_memory, metrics as metrics_lib, model as model_lib, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
-  layers, heads, width, vocab, seq_len, batch = _shape(name)
-  devices = 1
-  if not one_device:
-    devices = sharding.split_cpu_cores(sharding.cpu_device_count(0, [batch])) or 1
+  batch = _shape(name)[-1]
+  devices = 1 if one_device else sharding.split_cpu_cores(sharding.cpu_device_count(0, [batch])) or 1
   # As the trainer decides (`gptjax.train.loop.split_cpu_cores`): one allocator arena for large steps.
-  if host_memory.training_buffer_bytes(vocab_size=vocab, block_size=seq_len, num_layers=layers, num_heads=heads,
-                                       emb_dim=width, mlp_dim=4 * width, rows_per_device=batch // devices
-                                       ) > host_memory.SECONDARY_HEAP_BYTES:
-    host_memory.one_arena()
+  host_memory.one_arena_for_training(_model_config(name, on_gpu=False), batch // devices)
 
   on_gpu = jax.devices()[0].platform == "gpu"
   config = _model_config(name, on_gpu)

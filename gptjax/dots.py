@@ -1,14 +1,15 @@
 """The model's matrix products, with gradients arranged as XLA:CPU computes them fastest.
 
-`dot_general` is `jax.lax.dot_general` (the same forward, bit for bit) whose backward pass contracts the rows of
-the input and of the output gradient with the input as the left operand, `dW[C, F] = sum_n x[n, C] g[n, F]`.
-Left to itself, XLA:CPU's transpose of a dense layer copies the output gradient into [F, N] order first (for the
-logits of the quickstart's step a 2048 x 1024 copy of 8 MB) and multiplies the other way round; with the input
-first it copies the (usually narrower) input instead. Measured on a 2-core CPU, two devices of 1024 rows each,
-best of 7: the weight gradient of a 128 -> 512 layer 1.51 -> 1.28 ms, 512 -> 128 2.03 -> 1.66 ms, 128 -> 2048 5.64
--> 4.61 ms. When the weight's contracted axes come last (the tied embedding [V, D] as the unembedding), the
-gradient is computed in [C, F] order and transposed after an optimisation barrier, which keeps XLA from folding
-the transpose back into the product (6.0 -> 4.6 ms for the quickstart's 2048 x 128 embedding).
+`dot_general` is `jax.lax.dot_general` (the same forward, bit for bit) with its own backward pass for the layers'
+form (input [N..., C...], weight [C..., F...] or [F..., C...]). The weight gradient `sum_n x[n, C] g[n, F]` is a
+product over the rows, and XLA:CPU first copies the left operand of such a product into [columns, rows] order.
+Left to itself it put the output gradient on the left: for the quickstart's logits a 2048 x 1024 copy of 8 MB to
+get the embedding's gradient. Here the narrower of the input and the output gradient goes on the left. Putting
+the input on the left everywhere was worse: for the MLP's second layer XLA then recomputed the GELU inside the
+copy of its (wider) input. Quickstart gradient on a 2-core CPU, two devices, best of 5 x 20 calls: 102 ms with
+XLA's own transpose, 126 with the input always on the left, 98 with the narrower on the left. Where the result
+comes out in the other order than the weight's, it is transposed after an optimisation barrier, which keeps XLA
+from folding the transpose back into the product.
 
 Only on CPUs (`use_for_backend`): accelerators' matmul libraries take transposed operands for free, and the
 reshuffled product could cost a resharding where a weight is split over a tensor-parallel axis.
@@ -64,21 +65,15 @@ def _dot_bwd(dimension_numbers, precision, preferred_element_type, residuals, g)
   free = rhs.ndim - k  # The weight's output axes.
   g = g.astype(jnp.promote_types(lhs.dtype, rhs.dtype)) if preferred_element_type is not None else g
   row_axes = tuple(range(rows))
-  c_axes, f_axes = tuple(range(k)), tuple(range(k, k + free))
-  # XLA:CPU copies the left operand of a product over rows into [columns, rows] order: let that be the narrower.
-  if math.prod(lhs.shape[rows:]) <= math.prod(g.shape[rows:]):
-    d_w, order = jnp.tensordot(lhs, g, axes=(row_axes, row_axes), precision=precision), "CF"  # [C..., F...]
-  else:
-    d_w, order = jnp.tensordot(g, lhs, axes=(row_axes, row_axes), precision=precision), "FC"  # [F..., C...]
-  wanted = "CF" if layout == "leading" else "FC"
-  if order != wanted:
-    # The barrier keeps XLA from folding the transpose of the (small) result back into the product.
-    d_w = jnp.transpose(jax.lax.optimization_barrier(d_w),
-                        tuple(range(free, free + k)) + tuple(range(free)) if order == "FC" else f_axes + c_axes)
-  d_rhs = d_w
-  w_free = f_axes if layout == "leading" else tuple(range(free))
-  g_free = tuple(range(rows, g.ndim))
-  d_lhs = jnp.tensordot(g, rhs, axes=(g_free, w_free), precision=precision)  # [N..., C...]
+  input_first = math.prod(lhs.shape[rows:]) <= math.prod(g.shape[rows:])  # The narrower on the left (see above).
+  left, right = (lhs, g) if input_first else (g, lhs)
+  d_rhs = jnp.tensordot(left, right, axes=(row_axes, row_axes), precision=precision)  # [C..., F...] or [F..., C...]
+  if input_first != (layout == "leading"):
+    n_left = k if input_first else free  # Move the left operand's axes after the right one's.
+    d_rhs = jnp.transpose(jax.lax.optimization_barrier(d_rhs),
+                          tuple(range(n_left, k + free)) + tuple(range(n_left)))
+  w_free = tuple(range(k, rhs.ndim)) if layout == "leading" else tuple(range(free))
+  d_lhs = jnp.tensordot(g, rhs, axes=(tuple(range(rows, g.ndim)), w_free), precision=precision)  # [N..., C...]
   return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
 
 

@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from gptjax import tfds_source
+
 TASKS = ("perplexity", "lambada", "multiple_choice", "generation")
 TRAINING_SPLITS = ("train", "val")  # Split by gptjax.data.load_corpus, as the trainer does.
 
@@ -76,7 +78,7 @@ def read_jsonl(path: Union[str, os.PathLike]) -> Records:
 def read_tfds(spec: str, split: str, data_dir: Optional[str] = None) -> Records:
   """Examples of a prepared TFDS dataset (array_record, read without TensorFlow), as dicts of Python values."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only this source)
-  name, _ = parse_tfds_spec(spec)
+  name, _ = tfds_source.parse_spec(spec)
   root = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -90,14 +92,6 @@ def read_tfds(spec: str, split: str, data_dir: Optional[str] = None) -> Records:
   source = builder.as_data_source(split=split)
   items = [_python_values(source[i]) for i in range(len(source))]
   return Records(items, [f"tfds:{name}[{split}] example {i}" for i in range(len(items))])
-
-
-def parse_tfds_spec(spec: str) -> tuple[str, Optional[str]]:
-  """'name/config:1.0.0:field' -> ('name/config:1.0.0', 'field'); a trailing version is not a field."""
-  head, _, tail = spec.rpartition(":")
-  if not head or tail.replace(".", "").isdigit():
-    return spec, None
-  return head, tail
 
 
 def _python_values(value):
@@ -186,7 +180,7 @@ def _training_split(source: str, split: str, tfds_data_dir: Optional[str], field
   from gptjax import data  # pylint: disable=g-import-not-at-top
   if split not in TRAINING_SPLITS:
     raise ValueError(f"{source!r} has only the trainer's splits {TRAINING_SPLITS}, got split {split!r}")
-  if field and source.startswith("tfds:") and not parse_tfds_spec(source[5:])[1]:
+  if field and source.startswith("tfds:") and not tfds_source.parse_spec(source[5:])[1]:
     source = f"{source}:{field}"
   options = {} if val_fraction is None else {"val_fraction": val_fraction}
   if builtin_max_bytes:
@@ -199,8 +193,9 @@ def _training_split(source: str, split: str, tfds_data_dir: Optional[str], field
 def _default_field(source: str, first: Any) -> str:
   if isinstance(first, dict) and not source.startswith("tfds:"):
     return "text"
-  if source.startswith("tfds:") and parse_tfds_spec(source[5:])[1]:
-    return parse_tfds_spec(source[5:])[1]
+  named = tfds_source.parse_spec(source[5:])[1] if source.startswith("tfds:") else None
+  if named:
+    return named
   strings = [k for k, v in first.items() if isinstance(v, str)] if isinstance(first, dict) else []
   if len(strings) != 1:
     raise ValueError(f"{source!r} has {len(strings)} string fields {strings}: name one as tfds:<name>:<field>")

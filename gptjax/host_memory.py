@@ -23,7 +23,6 @@ made afterwards, so they matter before JAX starts its CPU client (importing jax 
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import importlib.util
 import os
 from typing import Optional
@@ -38,13 +37,9 @@ _one_arena = False
 
 
 def _accelerator_plugin_installed() -> bool:
-  """Whether JAX may run on something other than the CPU here: a PJRT plugin (CUDA, ROCm) or libtpu is installed."""
-  if importlib.util.find_spec("libtpu") is not None:
-    return True
-  try:
-    return any(True for _ in importlib.metadata.entry_points(group="jax_plugins"))
-  except Exception:  # pylint: disable=broad-except  (broken metadata: assume nothing is installed)
-    return False
+  """Whether JAX may run on something other than the CPU here: libtpu, or a PJRT plugin (CUDA, ROCm: they install
+  into the `jax_plugins` namespace package). Module lookups only: no import, no scan of installed metadata."""
+  return any(importlib.util.find_spec(name) is not None for name in ("libtpu", "jax_plugins"))
 
 
 def _libc():
@@ -86,22 +81,27 @@ def one_arena() -> bool:
   return _one_arena
 
 
-def training_buffer_bytes(*, vocab_size: int, block_size: int, num_layers: int, num_heads: int, emb_dim: int,
-                          mlp_dim: int, rows_per_device: int) -> int:
-  """A rough size of one device's buffers in a float32 GPT training step: per token, the logits three times
-  (logits, softmax, gradient) and per layer 8 widths, 2 MLP widths and 4 attention rows of `block_size`.
-  The quickstart's step (8 rows of 128 per device): 92 MB against the 87 MB XLA allocates; nanoGPT's CPU shape: 19 MB.
-  """
-  floats = 3 * vocab_size + num_layers * (8 * emb_dim + 2 * mlp_dim + 4 * num_heads * block_size)
-  return 4 * rows_per_device * block_size * floats
-
-
 SECONDARY_HEAP_BYTES = 64 * 2**20  # glibc's HEAP_MAX_SIZE on 64-bit: a secondary arena maps larger blocks alone.
 
 
-def applied() -> bool:
-  """Whether `configure` put its settings in force in this process."""
-  return bool(_applied)
+def training_buffer_bytes(model, rows_per_device: int) -> int:
+  """A rough size of one device's buffers in a float32 GPT training step of `model` (a `ModelConfig` or the
+  config file's `config.model`; `mlp_dim` 0 or absent means 4 widths): per token, the logits three times
+  (logits, softmax, gradient) and per layer 8 widths, 2 MLP widths and 4 attention rows of `block_size`.
+  The quickstart's step (8 rows of 128 per device): 92 MB against the 87 MB XLA allocates; nanoGPT's CPU shape: 19 MB.
+  """
+  mlp_dim = getattr(model, "mlp_dim", 0) or 4 * model.emb_dim
+  floats = 3 * model.vocab_size + model.num_layers * (8 * model.emb_dim + 2 * mlp_dim
+                                                      + 4 * model.num_heads * model.block_size)
+  return 4 * rows_per_device * model.block_size * floats
+
+
+def one_arena_for_training(model, rows_per_device: int) -> bool:
+  """`one_arena` when a training step of `model` with `rows_per_device` rows outgrows a secondary heap; whether
+  one arena is in force. Call it before JAX starts, as the trainer does (`gptjax.train.loop.split_cpu_cores`)."""
+  if training_buffer_bytes(model, rows_per_device) > SECONDARY_HEAP_BYTES:
+    return one_arena()
+  return _one_arena
 
 
 def one_arena_applied() -> bool:

@@ -19,6 +19,7 @@ FORMS = {
     "tied head [B,L,D] x [V,D]": ((4, 6, 8), (16, 8), (((2,), (1,)), ((), ()))),
     "mlp c_proj (narrower output)": ((4, 6, 16), (16, 8), (((2,), (0,)), ((), ()))),
     "mlp c_fc (wider output)": ((4, 6, 8), (8, 16), (((2,), (0,)), ((), ()))),
+    "untransposed-weight head, narrower output": ((4, 6, 16), (8, 16), (((2,), (1,)), ((), ()))),
     "batched (XLA's own transpose)": ((3, 6, 8), (3, 8, 5), (((2,), (1,)), ((0,), (0,)))),
 }
 

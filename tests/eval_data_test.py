@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from gptjax import data as data_lib
 from gptjax import eval_data
+from gptjax import tfds_source
 
 
 def _jsonl(path, lines):
@@ -51,7 +52,7 @@ def test_jsonl_skips_blank_lines_and_names_each_line(tmp_path):
     ("wikitext/wikitext-103-raw-v1:1.0.0:text", ("wikitext/wikitext-103-raw-v1:1.0.0", "text")),
 ])
 def test_a_trailing_version_is_not_a_field(spec, expected):
-  assert eval_data.parse_tfds_spec(spec) == expected
+  assert tfds_source.parse_spec(spec) == expected
 
 
 def test_each_task_reads_what_it_needs_from_text_and_jsonl(tmp_path):

@@ -154,8 +154,8 @@ def greedy(logits_BV: jax.Array) -> jax.Array:
   V = logits_BV.shape[-1]
   ids_V = jnp.arange(V, dtype=jnp.int32)
   best_B1 = logits_BV.max(axis=-1, keepdims=True)
-  first_B = jnp.min(jnp.where((logits_BV == best_B1) | jnp.isnan(logits_BV), ids_V, V), axis=-1)
-  return jnp.minimum(first_B, V - 1).astype(jnp.int32)
+  # Every row has an id at its maximum (or a NaN), so the minimum is always a real id, never V.
+  return jnp.min(jnp.where((logits_BV == best_B1) | jnp.isnan(logits_BV), ids_V, V), axis=-1)
 
 
 def filter_per_row(logits_BV, top_k_B, top_p_B):

@@ -100,16 +100,10 @@ def split_cpu_cores(config) -> Optional[int]:
   micro = t.batch_size // t.grad_accum_steps
   count = sharding.cpu_device_count(requested, [micro, config.eval.batch_size or micro])
   applied = sharding.split_cpu_cores(count)
-  model = config.model
-  try:
-    step_bytes = host_memory.training_buffer_bytes(
-        vocab_size=model.vocab_size, block_size=model.block_size, num_layers=model.num_layers,
-        num_heads=model.num_heads, emb_dim=model.emb_dim, mlp_dim=model.get("mlp_dim") or 4 * model.emb_dim,
-        rows_per_device=max(1, micro // max(1, applied or 1)))
-  except (AttributeError, KeyError, TypeError):  # A fine-tuning config whose model comes from its checkpoint.
-    step_bytes = 0
-  if step_bytes > host_memory.SECONDARY_HEAP_BYTES:
-    host_memory.one_arena()  # The step's buffers would be mapped afresh every step (`gptjax/host_memory.py`).
+  try:  # Else the step's buffers would be mapped afresh every step (`gptjax/host_memory.py`).
+    host_memory.one_arena_for_training(config.model, max(1, micro // count))
+  except (AttributeError, TypeError):  # A fine-tuning config whose model comes from its checkpoint.
+    pass
   return applied
 
 
