@@ -1,6 +1,8 @@
 """`gptjax/dots.py`: the layers' products keep XLA's forward and give the same gradients, and a GPT trained
 through them gets PyTorch's gradients on the same weights."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,3 +69,36 @@ def test_the_training_gradient_equals_pytorchs_on_the_same_weights(tmp_path):
   assert len(names) == len(ours)  # The tied head is the embedding: one tensor on both sides.
   for name, p in reference.named_parameters():
     np.testing.assert_allclose(ours[name], p.grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("form", [f for name, f in FORMS.items() if "batched" not in name],
+                         ids=[name for name in FORMS if "batched" not in name])
+def test_weight_left_products_over_kernels_stored_transposed_equal_xlas(form):
+  lhs_shape, rhs_shape, numbers = form
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(1, 1) + lhs_shape[2:]), jnp.float32)  # One row, as a decode step of one slot.
+  w = jnp.asarray(rng.normal(size=rhs_shape), jnp.float32)
+  name = ("c_proj", "kernel") if len(numbers[0][0]) == 2 else ("c_fc", "kernel")
+  stored = dots.to_weight_left({name[0]: {name[1]: w}})
+
+  @jax.jit
+  def product(x, stored):
+    return dots.weight_left_dot_general(x, dots.from_weight_left(stored)[name[0]][name[1]], numbers)
+
+  k = len(numbers[0][0])
+  if numbers[1][0] == tuple(range(k)):  # A layer's kernel: stored [F..., C...].
+    assert stored[name[0]][name[1]].shape == w.shape[k:] + w.shape[:k]
+  np.testing.assert_allclose(product(x, stored), jax.lax.dot_general(x, w, numbers), atol=1e-5, rtol=1e-5)
+
+
+def test_the_weight_left_model_gives_the_usual_logits_and_round_trips_its_kernels():
+  config = model_lib.gpt2_config("small", vocab_size=97, block_size=16, num_layers=2, num_heads=3, emb_dim=24,
+                                 mlp_dim=40, tie_embeddings=False, dropout_rate=0.0, attention_dropout_rate=0.0)
+  params = model_lib.init_params(config, jax.random.key(0))
+  stored = dots.to_weight_left(params)
+  jax.tree.map(np.testing.assert_array_equal, dots.from_weight_left(stored), params)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 97, size=(3, 5)))
+  usual = model_lib.GPT(config).apply({"params": params}, tokens)
+  weight_left = jax.jit(lambda p, t: model_lib.GPT(dataclasses.replace(config, weight_left=True)).apply(
+      {"params": dots.from_weight_left(p)}, t))(stored, tokens)
+  np.testing.assert_allclose(weight_left, usual, atol=1e-5, rtol=1e-5)

@@ -326,3 +326,19 @@ def test_a_second_scheduler_is_refused_while_the_first_still_holds_requests(engi
     E.Scheduler(engine)
   _run(first)  # Done: its slots are free again, and the engine can serve someone else.
   assert len(_alone(engine, _prompts(1)[0], settings)) == 3
+
+
+def test_small_cpu_programs_read_a_transposed_copy_of_the_kernels(lm):
+  # (Its tokens are checked against full forward passes by the tests above, which decode through it.)
+  engine = E.Engine(lm, num_slots=4, max_length=32)
+  config, params = engine._layout(engine.num_slots)  # pylint: disable=protected-access
+  assert config.weight_left and not engine.config.weight_left
+  larger = engine._layout(65)  # pylint: disable=protected-access
+  assert larger[0] is engine.config and larger[1] is engine.params  # Larger programs keep the usual layout.
+  for name in ("c_attn", "c_proj"):
+    kernel, usual = params["h_0"]["attn"][name]["kernel"], np.asarray(lm.params["h_0"]["attn"][name]["kernel"])
+    k = 2 if name == "c_proj" else 1
+    np.testing.assert_array_equal(kernel, np.transpose(usual, tuple(range(k, usual.ndim)) + tuple(range(k))))
+  usual = np.asarray(lm.params["h_0"]["mlp"]["c_fc"]["kernel"])
+  np.testing.assert_array_equal(params["h_0"]["mlp"]["c_fc"]["kernel"], usual.T)
+  assert engine._layout(1)[1] is params  # Made once per parameter tree.  # pylint: disable=protected-access

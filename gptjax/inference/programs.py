@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from gptjax import dots
 from gptjax import model as model_lib
 from gptjax.inference import quantize  # Weight-only int8 / int4: dequantized inside each program.
 from gptjax.inference import sampling
@@ -39,16 +40,43 @@ def bucket(n: int, minimum: int = 8, cap: Optional[int] = None) -> int:
 def inference_config(config: ModelConfig) -> ModelConfig:
   """`config` with the fields that do not change inference normalised, so that models share compiled programs."""
   return dataclasses.replace(config, decode=False, dropout_rate=0.0, attention_dropout_rate=0.0, remat=False,
-                             init_std=0.02, scale_residual_init=True)
+                             init_std=0.02, scale_residual_init=True, weight_left=False)
 
 
+
+
+# Programs over at most this many rows (batch x tokens) read the kernels stored transposed on CPUs (`layout_for`).
+WEIGHT_LEFT_ROWS = 64
+
+
+def layout_for(config: ModelConfig, params, rows: int, transposed=None) -> tuple[ModelConfig, Any]:
+  """The config and parameters a program over `rows` rows runs fastest with here.
+
+  On CPUs, up to `WEIGHT_LEFT_ROWS` rows of float weights: the layers' kernels stored [F..., C...] and their
+  products weight-left (`gptjax/dots.py`: at 8-32 rows ~1.5-2x faster per matmul; at 512 rows and more no faster).
+  `transposed` is that copy of `params` if the caller keeps one (the engine does), else it is made here. Elsewhere,
+  above that size, and for quantized weights (dequantized inside each program in the usual layout): `config` and
+  `params` as they are.
+  """
+  if rows > WEIGHT_LEFT_ROWS or not dots.use_for_backend() or quantize.is_quantized(params):
+    return config, params
+  return dataclasses.replace(config, weight_left=True), (_to_weight_left(params) if transposed is None else transposed)
+
+
+_to_weight_left = jax.jit(dots.to_weight_left)
+
+
+def _model_params(config: ModelConfig, params):
+  """Inside a program: the float parameters in the model's own layout."""
+  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
+  return dots.from_weight_left(params) if config.weight_left else params
 
 
 @functools.partial(jax.jit, static_argnames=("config", "logits", "hidden", "attention"))
 def forward_program(config, params, ids_BT, mask_BT, ablation, *, logits: bool, hidden: Optional[str],
                      attention: bool):
   _TRACES["forward"] += 1
-  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
+  params = _model_params(config, params)
   mutable = (["hidden_states"] if hidden == "all" else []) + (["intermediates"] if attention else [])
   outputs = GPT(config).apply({"params": params}, ids_BT, attention_mask_BL=mask_BT, return_hidden=True,
                               ablation=ablation, mutable=mutable or False)
@@ -69,7 +97,7 @@ def forward_program(config, params, ids_BT, mask_BT, ablation, *, logits: bool, 
 @functools.partial(jax.jit, static_argnames=("config",))
 def score_program(config, params, ids_BT, targets_BT, mask_BT):
   _TRACES["score"] += 1
-  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
+  params = _model_params(config, params)
   logits_BTV = GPT(config).apply({"params": params}, ids_BT, attention_mask_BL=mask_BT)
   target_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
   max_BT = logits_BTV.max(axis=-1)
@@ -90,7 +118,7 @@ def _zeros_cache(config: ModelConfig, batch_size: int, length: int):
 @functools.partial(jax.jit, static_argnames=("config",))
 def prefill_program(config, params, tokens_BP, mask_BP):
   _TRACES["prefill"] += 1
-  params = quantize.dequantize_tree(params)  # int8/int4 weights become float inside the program.
+  params = _model_params(config, params)
   B, P = tokens_BP.shape
   tokens_to_logits = sampling.model_tokens_to_logits(config)
   logits_BV, cache = tokens_to_logits(params, tokens_BP, mask_BP, _zeros_cache(config, B, P))
@@ -221,7 +249,7 @@ def _decode_step(config: ModelConfig, vocab_limit: int, params, state: SlotState
   stop_N = live_N & sampling.ends_with_stop(window_NL, state.stop_NSL)
   length_N = live_N & ~stop_N & (generated_N >= state.max_tokens_N)
   active_N = live_N & ~stop_N & ~length_N
-  params = quantize.dequantize_tree(params)  # In the loop body: the loop carries int8.
+  params = _model_params(config, params)  # In the loop body: the loop carries int8 (or the transposed kernels).
   # The next logits of every slot in one fixed-shape call; finished and empty slots feed an invalid token (their
   # rows are reset when a request is inserted).
   logits_NV, cache = sampling.model_tokens_to_logits(config)(
@@ -234,7 +262,8 @@ def _decode_step(config: ModelConfig, vocab_limit: int, params, state: SlotState
   return state, StepOutput(token_N, logprob_N, top_ids_NK, top_logprobs_NK, live_N, finish_N)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "vocab_limit", "buffer_steps"), donate_argnames=("state",))
+@dots.jit_with_cpu_options(dots.DECODE_CPU_COMPILER_OPTIONS, static_argnames=("config", "vocab_limit", "buffer_steps"),
+                           donate_argnames=("state",))
 def decode_program(config, params, state: SlotState, max_steps, until_finish, *, vocab_limit: int,
                     buffer_steps: int):
   """Up to `max_steps` (<= buffer_steps) decode steps in one program: it stops early when no slot is active, or,
