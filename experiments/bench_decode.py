@@ -76,6 +76,17 @@ ratio fell because PyTorch's kernels are much faster on this CPU (42.9 -> 26.5 m
 because gptjax got slower (25.1 ms per token here against 25.95 before; 20.8 on the AMD VM, whose bandwidth was
 never measured). The >= 3x goal is out of reach wherever HF is within 1.5x of the bandwidth bound; the 1.9x / 1.7x
 floor of the deploy issue was measured on the AMD VM, against its slower PyTorch.
+
+After the few-rows layout (programs over <= 64 rows read a copy of the kernels stored [out, in], `gptjax/dots.py`)
+and the decode step's attention summing over the cache in place (`gptjax/model.py`), same machine and command,
+load ~1.3, 3:21 wall:
+  batch | gptjax tok/s |  HF tok/s | ratio |          prefill ms |        per token ms | compile s
+      1 |         38.8 |      34.4 |  1.13 |      64.4 / 97.5    |     23.70 / 27.36   |       5.1
+      8 |        145.2 |     106.2 |  1.37 |     385.9 / 520.0   |     42.72 / 64.51   |       4.9
+     64 |        202.6 |     257.1 |  0.79 |    3946.0 / 3913.4  |    212.58 / 161.45  |       6.3
+  batch 1: 498 MB per token at 29.5 GB/s -> bound 16.9 ms/token: gptjax 71% of it, HF 62% (so at most 1.62x HF).
+Batch 8 per token 57.6 -> 42.7 ms. Batch 64 (not among the goals) is slower than HF: a step over 64 rows reads
+64 x 128 cached positions per layer, and 64 rows sit at the layout's limit, where it gains nothing.
 """
 
 from __future__ import annotations

@@ -116,6 +116,23 @@ at 9-11 GB/s (in the trace; 10.6 in a loop over 24 kernels) against the 29 GB/s 
 left operand (`FD,BD->FB`), the same product over 24 distinct 768 x 3072 kernels took 0.60 instead of 0.89 ms
 each at 8 rows. That needs the engine to hold a transposed copy of every kernel (flax checks a parameter's
 shape), and is the next step towards the >= 4x goal; not done here.
+
+Done since (same VM, load 1.3 at start and end, `--rates=inf`, 2:10 wall): CPU programs over <= 64 rows read a
+copy of the kernels stored [out, in] through weight-left products (`gptjax/dots.py`, `programs.layout_for`), the
+decode step's attention sums over the cache in its [B, S, H, K] order (XLA had copied it heads-major twice per
+layer and step), and the decode program is compiled without YNNPACK's reductions. In process: an 8-slot step
+72 -> 47 ms at 128 positions, one slot 27.7 -> 25 ms, the prefill of a 24-token prompt 71 -> 44 ms.
+
+  model       | gptjax 8 slots | gptjax 1 slot | HF, 1 at a time | 8 slots / 1 slot | 8 slots / HF
+  small       |   2277 tok/s   |    747 tok/s  |     490 tok/s   |      3.05x       |    4.65x
+  gpt2_small  |    123 tok/s   |     33 tok/s  |      19 tok/s   |      3.69x       |    6.37x
+
+TPOT at gpt2_small 53.3 ms over 8 slots against 28.3 over 1. Against the peer the goal holds at both shapes;
+against gptjax's own one-slot server it is still not met (3.69x and 3.05x). From the in-process figures one
+request of this trace costs about 32 x 47 / 8 + 44 = 232 ms of engine time with 8 slots and 32 x 25 + 44 = 844
+with one, a ceiling near 3.6-4.1x; the rest is the server's per-token host work, which grows with the slots. At
+the small shape a step is a few hundred microseconds and the host's per-token work (HTTP, SSE, detokenising) sets
+the pace.
 """
 
 from __future__ import annotations
