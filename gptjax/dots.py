@@ -35,16 +35,27 @@ import jax.numpy as jnp
 DECODE_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
+@functools.lru_cache(maxsize=None)
+def _xla_knows(options: tuple) -> bool:
+  """Whether this jaxlib's XLA accepts the compile options (older releases lack the YNNPACK one)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.float32(0)).compile()
+  except Exception:  # pylint: disable=broad-except  (XLA's INVALID_ARGUMENT: no such compile option)
+    return False
+  return True
+
+
 def jit_with_cpu_options(cpu_options: dict, **jit_kwargs):
   """`functools.partial(jax.jit, **jit_kwargs)`, compiling with XLA options `cpu_options` when the default backend
-  is a CPU (other backends never see them)."""
+  is a CPU and its XLA knows them (other backends never see them)."""
   def decorate(fun):
     plain = jax.jit(fun, **jit_kwargs)
     cpu = jax.jit(fun, compiler_options=cpu_options, **jit_kwargs)
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-      return (cpu if jax.default_backend() == "cpu" else plain)(*args, **kwargs)
+      use_options = jax.default_backend() == "cpu" and _xla_knows(tuple(sorted(cpu_options.items())))
+      return (cpu if use_options else plain)(*args, **kwargs)
     return call
   return decorate
 

@@ -102,3 +102,10 @@ def test_the_weight_left_model_gives_the_usual_logits_and_round_trips_its_kernel
   weight_left = jax.jit(lambda p, t: model_lib.GPT(dataclasses.replace(config, weight_left=True)).apply(
       {"params": dots.from_weight_left(p)}, t))(stored, tokens)
   np.testing.assert_allclose(weight_left, usual, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_compile_options_that_this_xla_lacks_are_left_out():
+  # The oldest jaxlib the package allows has no YNNPACK option; an unknown option must not fail the program.
+  double = dots.jit_with_cpu_options({"xla_no_such_option_here": "1"})(lambda x: 2 * x)
+  assert float(double(jnp.float32(3))) == 6.0
+  assert dots._xla_knows(tuple(dots.DECODE_CPU_COMPILER_OPTIONS.items()))  # pylint: disable=protected-access
