@@ -118,19 +118,22 @@ each at 8 rows. That needs the engine to hold a transposed copy of every kernel 
 shape), and is the next step towards the >= 4x goal; not done here.
 
 Done since (same VM, load 1.3 at start and end, `--rates=inf`, 2:10 wall): CPU programs over <= 64 rows read a
-copy of the kernels stored [out, in] through weight-left products (`gptjax/dots.py`, `programs.layout_for`), the
-decode step's attention sums over the cache in its [B, S, H, K] order (XLA had copied it heads-major twice per
-layer and step), and the decode program is compiled without YNNPACK's reductions. In process: an 8-slot step
-72 -> 47 ms at 128 positions, one slot 27.7 -> 25 ms, the prefill of a 24-token prompt 71 -> 44 ms.
+copy of the kernels stored [out, in] through weight-left products (`gptjax/dots.py`,
+`programs.weight_left_params`), the decode step's attention sums over the cache in its [B, S, H, K] order (XLA
+had copied it heads-major twice per layer and step), and the decode program is compiled without YNNPACK's
+reductions. In process, best of 4 x 8 steps over a 256-position cache: an 8-slot step 69-74 -> 52-54 ms (45-47
+after, over 128 positions; not measured before at 128), one slot 26.7-27.9 -> 24.9-26.0 ms; best of 10, the
+prefill of a 24-token prompt 71 -> 44 ms.
 
   model       | gptjax 8 slots | gptjax 1 slot | HF, 1 at a time | 8 slots / 1 slot | 8 slots / HF
   small       |   2277 tok/s   |    747 tok/s  |     490 tok/s   |      3.05x       |    4.65x
   gpt2_small  |    123 tok/s   |     33 tok/s  |      19 tok/s   |      3.69x       |    6.37x
 
 TPOT at gpt2_small 53.3 ms over 8 slots against 28.3 over 1. Against the peer the goal holds at both shapes;
-against gptjax's own one-slot server it is still not met (3.69x and 3.05x). From the in-process figures one
-request of this trace costs about 32 x 47 / 8 + 44 = 232 ms of engine time with 8 slots and 32 x 25 + 44 = 844
-with one, a ceiling near 3.6-4.1x; the rest is the server's per-token host work, which grows with the slots. At
+against gptjax's own one-slot server it is still not met (3.69x and 3.05x). A rough bound from the in-process
+figures: one request of this trace costs about 32 x 47 / 8 + 44 = 232 ms of engine time with 8 slots and
+32 x 25 + 44 = 844 ms with one (that step measured over 256 positions), about 3.6x, which the server already
+reaches; more needs a cheaper 8-slot step or prefill, not a leaner server. At
 the small shape a step is a few hundred microseconds and the host's per-token work (HTTP, SSE, detokenising) sets
 the pace.
 """

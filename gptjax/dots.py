@@ -16,7 +16,7 @@ reshuffled product could cost a resharding where a weight is split over a tensor
 
 For inference on few rows (decode steps, short prompts), `weight_left_dot_general` computes a layer's product with
 the weight on the left, over a copy of the kernels stored [out, in] (`to_weight_left`), which XLA:CPU streams up to
-2x faster; the engine keeps that copy (`gptjax/inference/programs.py`, `layout_for`).
+2x faster; the engine keeps that copy (`gptjax/inference/programs.py`, `weight_left_params`).
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ def jit_with_cpu_options(cpu_options: dict, **jit_kwargs):
   def decorate(fun):
     plain = jax.jit(fun, **jit_kwargs)
     cpu = jax.jit(fun, compiler_options=cpu_options, **jit_kwargs)
+    options = tuple(sorted(cpu_options.items()))
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-      use_options = jax.default_backend() == "cpu" and _xla_knows(tuple(sorted(cpu_options.items())))
-      return (cpu if use_options else plain)(*args, **kwargs)
+      return (cpu if jax.default_backend() == "cpu" and _xla_knows(options) else plain)(*args, **kwargs)
     return call
   return decorate
 
@@ -153,31 +153,26 @@ def contracted_axes(path: tuple[str, ...], ndim: int) -> int:
   return 2 if path[-2:] == ("c_proj", "kernel") and ndim == 3 else 1
 
 
-def _kernel_name(path) -> tuple[str, ...]:
-  """The dict keys of a parameter's path (a boxed parameter's `.value` attribute left out)."""
-  return tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
+def _moved_kernels(params, inverse: bool):
+  """`params` with every layer kernel's contracted axes moved last ([C..., F...] -> [F..., C...]), or back."""
+  def one(path, x):
+    names = tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))  # (a boxed leaf's `.value` left out)
+    if not names or names[-1] != "kernel" or not hasattr(x, "ndim"):
+      return x
+    k = contracted_axes(names, x.ndim)
+    split = x.ndim - k if inverse else k
+    return jnp.transpose(x, tuple(range(split, x.ndim)) + tuple(range(split)))
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def to_weight_left(params):
   """Every layer kernel of a GPT parameter tree stored [F..., C...] (the weight-left products' layout)."""
-  def one(path, x):
-    names = _kernel_name(path)
-    if not names or names[-1] != "kernel" or not hasattr(x, "ndim"):
-      return x
-    k = contracted_axes(names, x.ndim)
-    return jnp.transpose(x, tuple(range(k, x.ndim)) + tuple(range(k)))
-  return jax.tree_util.tree_map_with_path(one, params)
+  return _moved_kernels(params, inverse=False)
 
 
 def from_weight_left(params):
   """The inverse of `to_weight_left`: inside a program, the model's view of the stored kernels."""
-  def one(path, x):
-    names = _kernel_name(path)
-    if not names or names[-1] != "kernel" or not hasattr(x, "ndim"):
-      return x
-    free = x.ndim - contracted_axes(names, x.ndim)
-    return jnp.transpose(x, tuple(range(free, x.ndim)) + tuple(range(free)))
-  return jax.tree_util.tree_map_with_path(one, params)
+  return _moved_kernels(params, inverse=True)
 
 
 def layer_dot_general(weight_left: bool = False):

@@ -170,7 +170,7 @@ class Engine:
                                                                              self.config.vocab_size)
     self._state: Optional[programs.SlotState] = None
     self._params_source, self._params = None, None
-    self._transposed_source, self._transposed = None, None
+    self._transposed_source, self._transposed, self._weight_left_config = None, None, None
 
   def __repr__(self) -> str:
     return f"Engine(num_slots={self.num_slots}, max_length={self.max_length}, {self.lm!r})"
@@ -183,14 +183,16 @@ class Engine:
     return self._params
 
   def _layout(self, rows: int) -> tuple[ModelConfig, Any]:
-    """A program's config and parameters for `rows` rows (`programs.layout_for`: on CPUs, up to 64 rows, a copy of
-    the kernels stored transposed, made once per parameter tree and kept: +70% of GPT-2 small's weight bytes)."""
+    """A program's config and parameters for `rows` rows: up to `programs.WEIGHT_LEFT_ROWS`, where it applies, a
+    copy of the kernels stored transposed (`programs.weight_left_params`), made once per parameter tree and kept
+    (about +68% of GPT-2 small's weight bytes: its kernels are 85M of 124M parameters)."""
     params = self.params
-    config, chosen = programs.layout_for(self.config, params, rows, transposed=(
-        self._transposed if params is self._transposed_source else None))
-    if chosen is not params:
-      self._transposed_source, self._transposed = params, chosen
-    return config, chosen
+    if params is not self._transposed_source:
+      self._transposed_source, self._transposed = params, programs.weight_left_params(params)
+      self._weight_left_config = dataclasses.replace(self.config, weight_left=True)
+    if rows > programs.WEIGHT_LEFT_ROWS or self._transposed is None:
+      return self.config, params
+    return self._weight_left_config, self._transposed
 
   def trace_counts(self) -> dict[str, int]:
     """Compilations of each inference program so far in this process (programs are shared between engines)."""

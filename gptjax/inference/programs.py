@@ -45,22 +45,18 @@ def inference_config(config: ModelConfig) -> ModelConfig:
 
 
 
-# Programs over at most this many rows (batch x tokens) read the kernels stored transposed on CPUs (`layout_for`).
+# Programs over at most this many rows (batch x tokens) read the kernels stored transposed on CPUs.
 WEIGHT_LEFT_ROWS = 64
 
 
-def layout_for(config: ModelConfig, params, rows: int, transposed=None) -> tuple[ModelConfig, Any]:
-  """The config and parameters a program over `rows` rows runs fastest with here.
-
-  On CPUs, up to `WEIGHT_LEFT_ROWS` rows of float weights: the layers' kernels stored [F..., C...] and their
-  products weight-left (`gptjax/dots.py`: at 8-32 rows ~1.5-2x faster per matmul; at 512 rows and more no faster).
-  `transposed` is that copy of `params` if the caller keeps one (the engine does), else it is made here. Elsewhere,
-  above that size, and for quantized weights (dequantized inside each program in the usual layout): `config` and
-  `params` as they are.
-  """
-  if rows > WEIGHT_LEFT_ROWS or not dots.use_for_backend() or quantize.is_quantized(params):
-    return config, params
-  return dataclasses.replace(config, weight_left=True), (_to_weight_left(params) if transposed is None else transposed)
+def weight_left_params(params) -> Optional[Any]:
+  """A copy of `params` with the layers' kernels stored [F..., C...] for the weight-left products of programs over
+  at most `WEIGHT_LEFT_ROWS` rows (`gptjax/dots.py`: at 8-32 rows ~1.5-2x faster per matmul, at 512 and more no
+  faster), or None where they do not apply: other backends than CPUs, and quantized weights (dequantized inside
+  each program in the usual layout)."""
+  if not dots.use_for_backend() or quantize.is_quantized(params):
+    return None
+  return _to_weight_left(params)
 
 
 _to_weight_left = jax.jit(dots.to_weight_left)

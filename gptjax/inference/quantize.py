@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import dots
+
 MODES = ("int8", "int4")
 KV_CACHE_DTYPES = ("auto", "int8")
 INT4_GROUP = 32
@@ -75,9 +77,7 @@ def _input_axes(path: tuple[str, ...], ndim: int) -> Optional[tuple[int, ...]]:
     return (1,)
   if name != "kernel":
     return None  # bias, LayerNorm scale / bias
-  if path[-2:] == ("c_proj", "kernel") and ndim == 3:
-    return (0, 1)  # attention c_proj [H, K, D]
-  return (0,)
+  return tuple(range(dots.contracted_axes(path, ndim)))  # attention c_proj [H, K, D]: (0, 1); others (0,)
 
 
 def quantize_array(w: np.ndarray, input_axes: tuple[int, ...], mode: str) -> QuantizedTensor:
