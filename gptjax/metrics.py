@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import tempfile
+import threading
 import uuid
 from typing import Any, Optional
 
@@ -88,6 +90,31 @@ HPARAMS_TAGS = ("_hparams_/experiment", "_hparams_/session_start_info", "_hparam
 RUN_INFO_TAGS = (f"{CONFIG_TAG}/text_summary", *HPARAMS_TAGS)
 
 
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _tensorboardx():
+  """tensorboardX, imported without importing PyTorch when PyTorch is not loaded yet.
+
+  Its writer module tries `import torch` only to accept torch tensors as values; where torch is installed that
+  import cost 1.4 of the ~10 s before a small run's first step (`python -X importtime`), and gptjax writes
+  Python floats. A `None` entry in `sys.modules` makes that one import fail as if torch were absent; the entry is
+  removed at once, so a later `import torch` works as usual.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  with _IMPORT_LOCK:
+    sys.modules["torch"] = None
+    try:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+    finally:
+      if sys.modules.get("torch", 0) is None:
+        del sys.modules["torch"]
+  return tensorboardX
+
+
 def truncate_tensorboard(directory: paths.PathLike, step: int, drop_tags: tuple[str, ...] = ()) -> int:
   """Rewrites the TensorBoard event files in `directory` without the points past `step`; returns how many went.
 
@@ -96,6 +123,7 @@ def truncate_tensorboard(directory: paths.PathLike, step: int, drop_tags: tuple[
   that implement it). Summaries tagged with one of `drop_tags` go at every step: the run info that the resumed run
   writes again.
   """
+  _tensorboardx()
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   dropped = 0
   for path in sorted(paths.path(directory).glob("events.out.tfevents.*")):
@@ -116,6 +144,7 @@ def truncate_tensorboard(directory: paths.PathLike, step: int, drop_tags: tuple[
 
 def _write_tfrecords(path: paths.PathLike, records: list[bytes]) -> None:
   """Replaces the TFRecord file `path` with `records`, atomically (see `paths.write_atomic`)."""
+  _tensorboardx()
   from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
   pieces = []
   for data in records:  # TFRecord framing: length, its CRC, the payload, its CRC.
@@ -174,7 +203,7 @@ class MetricWriter:
     if self.tensorboard_dir.is_dir():
       truncate_tensorboard(self.tensorboard_dir, resume_step, RUN_INFO_TAGS if run_config is not None else ())
     if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
+      tensorboardX = _tensorboardx()
       local_dir = self.tensorboard_dir
       if paths.is_uri(self.tensorboard_dir):
         self._staging = tempfile.TemporaryDirectory(prefix="gptjax-tensorboard-")
