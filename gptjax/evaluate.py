@@ -380,9 +380,11 @@ def write_json(result: dict, path: Union[str, os.PathLike]) -> pathlib.Path:
 def main(argv: Sequence[str]) -> None:
   """Loads the model, runs the task, prints the table and writes the JSON."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from gptjax import compilation_cache  # pylint: disable=g-import-not-at-top
   from gptjax.language_model import load  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   f = flags.FLAGS
   options = {"batch_size": f.batch_size, "progress": f.progress, "max_examples": f.max_examples}
   if f.task == "perplexity":

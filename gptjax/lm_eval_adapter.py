@@ -160,6 +160,8 @@ def _log_softmax(logits_TV: np.ndarray) -> np.ndarray:
 def main() -> None:
   """lm_eval's command line, with `gptjax` registered (this module's import did it)."""
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
+  from gptjax import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   sys.argv[0] = "lm_eval"
   cli_evaluate()
 

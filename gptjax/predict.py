@@ -38,6 +38,8 @@ _GENERATION_FLAGS = ("max_new_tokens", "num_beams", "length_penalty", "early_sto
 def main(argv):
   del argv
   import gptjax  # pylint: disable=g-import-not-at-top
+  from gptjax import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   model = gptjax.load(FLAGS.model)  # A fine-tuning workdir loads its best model.
   if model.head is None:
     raise ValueError(f"{FLAGS.model} holds no fine-tuned task head ({finetune.SPEC_FILE}): it is a plain "

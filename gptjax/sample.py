@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 import gptjax
+from gptjax import compilation_cache
 from gptjax import console
 from gptjax import decoding_flags
 
@@ -50,6 +51,7 @@ def read_start(start: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   # Bad input raises ValueError / OSError naming it: `console.run` reports it as one `error:` line.
   start = read_start(_START.value)
   beam_options = decoding_flags.options()

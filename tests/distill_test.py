@@ -158,7 +158,7 @@ def test_the_command_line_distils_into_an_ordinary_workdir_and_refuses_another_t
   import transformers  # pylint: disable=g-import-not-at-top
   cache = root / "cache"
   corpus = root / "corpus" / "*.txt"
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+  env = dict(os.environ, PYTHONPATH=str(ROOT), GPTJAX_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   workdir = tmp_path / "student"
   command = [sys.executable, "-m", "gptjax.train", f"--config={ROOT / 'configs' / 'distill.py'}",

@@ -27,7 +27,7 @@ def test_two_processes_train_like_one(tmp_path):
   workdir = tmp_path / "two"
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]),
              XLA_FLAGS="--xla_force_host_platform_device_count=2",  # 2 processes x 2 devices.
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             GPTJAX_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   port = _free_port()
   # Each process logs to its own file: a pipe left unread while waiting on the other process could fill up and

@@ -77,10 +77,13 @@ def enable_compilation_cache() -> None:
   """Reuses XLA executables across the runs of a test file (and across test sessions on this machine).
 
   The trainer tests compile the same tiny programs many times (a run, then its resume, ...); on a shared 2-core
-  machine each compile costs seconds, a cache hit milliseconds. Results do not depend on it.
+  machine each compile costs seconds, a cache hit milliseconds. Results do not depend on it. The commands' own
+  cache (`gptjax.compilation_cache`: size-limited, so reads and writes of parallel test workers are locked) in a
+  folder of the tests', keeping even the smallest programs.
   """
   import os  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "gptjax_test_xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  from gptjax import compilation_cache  # pylint: disable=g-import-not-at-top
+  if compilation_cache.enable(os.path.join(tempfile.gettempdir(), "gptjax_test_xla_cache")):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -18,7 +18,7 @@ train_helpers.enable_compilation_cache()
 def test_the_command_line_trains_resumes_and_rejects_a_misspelt_key(tmp_path):
   config_file = train_helpers.write_config_file(tmp_path)
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]),
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             GPTJAX_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "gptjax.train", f"--config={config_file}", f"--workdir={workdir}",

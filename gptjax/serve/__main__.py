@@ -81,7 +81,9 @@ def main(argv):
   # Imported after flag parsing so that --help is instant.
   import uvicorn  # pylint: disable=g-import-not-at-top
   import gptjax  # pylint: disable=g-import-not-at-top
+  from gptjax import compilation_cache  # pylint: disable=g-import-not-at-top
   from gptjax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   try:
     lm = gptjax.load(_MODEL.value)
     if _QUANTIZE.value and lm.quantization is None:

@@ -34,7 +34,8 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that --help is instant and jax.distributed starts before anything touches the devices.
-  from gptjax import sharding  # pylint: disable=g-import-not-at-top
+  from gptjax import compilation_cache, sharding  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # Before the first compile: a rerun reads its programs back (gptjax/compilation_cache.py).
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from gptjax.train import loop, schema  # pylint: disable=g-import-not-at-top
